@@ -1,0 +1,3 @@
+from kdseg.cli import main
+
+raise SystemExit(main())
