@@ -1,0 +1,348 @@
+"""Find, read and check BraTS-layout NIfTI cases.
+
+Layout (BraTS 2018–2021)::
+
+    root/<case>/<case>_<modality>.nii.gz    one file per modality (t1, t1ce, t2, flair, ...)
+    root/<case>/<case>_seg.nii.gz           label map (absent for unlabelled inference data)
+
+Uncompressed ``.nii`` files are accepted as a fallback (some BraTS redistributions use them).
+Every problem with the input raises :class:`DataError`, whose message starts with the offending
+path. :func:`scan_cases` and :func:`read_case` collect problems instead of stopping at the first,
+so a validation pass can report everything wrong with a dataset in one go.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nibabel.filebasedimages import ImageFileError
+from nibabel.spatialimages import HeaderDataError
+
+from kdseg.data.labels import LabelConvention
+
+LABEL_SUFFIX = "seg"
+NIFTI_EXTENSIONS = (".nii.gz", ".nii")  # first one is the one named in "missing file" messages
+AFFINE_ATOL_MM = 1e-3
+
+# What nibabel / gzip raise on unreadable files: ImageFileError (not gzip, empty, unknown format),
+# EOFError (truncated stream), zlib.error / OSError (corrupt stream, BadGzipFile, CRC),
+# HeaderDataError / ValueError (inconsistent header fields).
+_READ_ERRORS = (ImageFileError, EOFError, zlib.error, OSError, HeaderDataError, ValueError)
+
+
+@dataclass(frozen=True)
+class DataProblem:
+    """One problem found in the input data."""
+
+    case_id: str
+    path: Path
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.problem}"
+
+
+class DataError(ValueError):
+    """Any problem with input or preprocessed data; the message starts with the offending path.
+
+    ``problems`` holds the individual problems behind the message (empty for errors that are not
+    about one case, e.g. a missing dataset folder).
+    """
+
+    def __init__(self, message: str, problems: Sequence[DataProblem] = ()) -> None:
+        super().__init__(message)
+        self.problems: tuple[DataProblem, ...] = tuple(problems)
+
+    @classmethod
+    def from_problems(cls, problems: Sequence[DataProblem], where: Path) -> DataError:
+        """One error for all ``problems``: the problem itself if there is one, else a table.
+
+        ``where`` (dataset root or case folder) starts the message of the multi-problem form and
+        file paths in the table are shown relative to it.
+        """
+        if not problems:
+            raise ValueError("from_problems needs at least one problem")
+        if len(problems) == 1:
+            return cls(str(problems[0]), problems)
+        n_cases = len({p.case_id for p in problems})
+        header = f"{where}: {len(problems)} data problems in {n_cases} case(s):"
+        return cls(f"{header}\n{format_problems(problems, where)}", problems)
+
+
+def format_problems(problems: Sequence[DataProblem], where: Path) -> str:
+    """Left-aligned ``case | file | problem`` table, file paths relative to ``where``."""
+
+    def shown(path: Path) -> str:
+        return str(path.relative_to(where)) if path.is_relative_to(where) else str(path)
+
+    rows = [("case", "file", "problem")] + [(p.case_id, shown(p.path), p.problem) for p in problems]
+    # Hand-formatted: pandas' to_string right-aligns text and pulls pandas into the I/O module.
+    widths = [max(len(row[i]) for row in rows) for i in range(2)]
+    return "\n".join(
+        f"  {case.ljust(widths[0])}  {file.ljust(widths[1])}  {problem}"
+        for case, file, problem in rows
+    )
+
+
+@dataclass(frozen=True)
+class CaseFiles:
+    """The files of one case: ``images`` maps modality name -> file; ``label`` may be None."""
+
+    case_id: str
+    images: dict[str, Path]
+    label: Path | None
+
+
+@dataclass
+class LoadedCase:
+    """One case in memory.
+
+    Attributes:
+        image: float32 ``(C, X, Y, Z)`` in the files' own voxel order; channel ``c`` is
+            ``modalities[c]``.
+        label: stored label values (uint8) ``(X, Y, Z)``, or None for unlabelled cases.
+        affine: ``(4, 4)`` voxel-to-world (mm) affine shared by all files of the case.
+    """
+
+    case_id: str
+    image: np.ndarray
+    label: np.ndarray | None
+    affine: np.ndarray
+    modalities: tuple[str, ...]
+
+
+def check_modalities(modalities: Sequence[str]) -> tuple[str, ...]:
+    """Validate a modality list (non-empty, unique, not the label suffix) and return it as tuple."""
+    mods = tuple(modalities)
+    if not mods:
+        raise ValueError("modalities: at least one modality is needed")
+    if len(set(mods)) != len(mods):
+        raise ValueError(f"modalities: duplicate names in {list(mods)}")
+    if LABEL_SUFFIX in mods:
+        raise ValueError(f"modalities: {LABEL_SUFFIX!r} names the label file, not a modality")
+    return mods
+
+
+def expected_path(folder: Path, case_id: str, suffix: str) -> Path:
+    """The canonical file name of one case file: ``folder/<case>_<suffix>.nii.gz``."""
+    return folder / f"{case_id}_{suffix}{NIFTI_EXTENSIONS[0]}"
+
+
+def _existing_file(folder: Path, case_id: str, suffix: str) -> Path | None:
+    for ext in NIFTI_EXTENSIONS:
+        candidate = folder / f"{case_id}_{suffix}{ext}"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def scan_cases(
+    root: Path, modalities: Sequence[str], require_label: bool = True
+) -> tuple[list[CaseFiles], list[DataProblem]]:
+    """Complete cases under ``root`` (sorted by id) and the problems of incomplete ones.
+
+    Sub-folders holding none of the expected files, hidden folders and plain files are ignored.
+    Raises DataError only for problems that concern the whole dataset (missing root, no cases).
+    """
+    root = Path(root)
+    mods = check_modalities(modalities)
+    if not root.exists():
+        raise DataError(f"{root}: dataset folder does not exist")
+    if not root.is_dir():
+        raise DataError(f"{root}: dataset path is not a folder")
+    cases: list[CaseFiles] = []
+    problems: list[DataProblem] = []
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for folder in folders:
+        case_id = folder.name
+        images = {m: _existing_file(folder, case_id, m) for m in mods}
+        label = _existing_file(folder, case_id, LABEL_SUFFIX)
+        if label is None and all(path is None for path in images.values()):
+            continue  # not a case folder (e.g. documentation, a results folder)
+        case_problems = [
+            DataProblem(case_id, expected_path(folder, case_id, m), f"missing {m!r} image file")
+            for m, path in images.items()
+            if path is None
+        ]
+        if label is None and require_label:
+            case_problems.append(
+                DataProblem(
+                    case_id,
+                    expected_path(folder, case_id, LABEL_SUFFIX),
+                    "missing label file (for unlabelled data do not require labels)",
+                )
+            )
+        problems.extend(case_problems)
+        if not case_problems:
+            found = {m: path for m, path in images.items() if path is not None}
+            cases.append(CaseFiles(case_id=case_id, images=found, label=label))
+    if not cases and not problems:
+        pattern = root / "<case>" / f"<case>_<modality>{NIFTI_EXTENSIONS[0]}"
+        raise DataError(
+            f"{root}: empty dataset folder: no case folders matching {pattern} "
+            f"for modalities {list(mods)}"
+        )
+    return cases, problems
+
+
+def find_cases(
+    root: Path, modalities: Sequence[str], require_label: bool = True
+) -> list[CaseFiles]:
+    """Cases under ``root`` sorted by case id; DataError listing every incomplete case."""
+    cases, problems = scan_cases(root, modalities, require_label)
+    if problems:
+        raise DataError.from_problems(problems, Path(root))
+    return cases
+
+
+def _file_error(case_id: str, path: Path, problem: str) -> DataError:
+    return DataError.from_problems([DataProblem(case_id, path, problem)], path)
+
+
+def _read_volume(case_id: str, path: Path, as_image: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Read one 3-D NIfTI file -> (voxels ``(X, Y, Z)``, affine ``(4, 4)``).
+
+    Images come back as float32 (scaling applied); labels in their stored dtype, so integer
+    label files need no fractional-value check. DataError if unreadable or not 3-D.
+    """
+    try:
+        img = nib.load(path)
+    except _READ_ERRORS as err:
+        raise _file_error(case_id, path, f"cannot read NIfTI file ({err})") from err
+    if len(img.shape) != 3:
+        raise _file_error(
+            case_id, path, f"expected a 3-D image, got {len(img.shape)}-D data of shape {img.shape}"
+        )
+    try:
+        data = img.get_fdata(dtype=np.float32) if as_image else np.asanyarray(img.dataobj)
+    except _READ_ERRORS as err:
+        raise _file_error(case_id, path, f"cannot read NIfTI voxel data ({err})") from err
+    return data, np.asarray(img.affine, dtype=np.float64)
+
+
+def _geometry_problems(
+    data: np.ndarray, affine: np.ndarray, ref_path: Path, ref_shape: tuple, ref_affine: np.ndarray
+) -> list[str]:
+    """Shape / affine disagreement with the reference (first) modality file."""
+    if data.shape != ref_shape:
+        return [f"shape {data.shape} differs from {ref_path.name} shape {ref_shape}"]
+    diff = float(np.max(np.abs(affine - ref_affine)))
+    if diff > AFFINE_ATOL_MM:
+        return [
+            f"affine differs from {ref_path.name} affine by up to {diff:.4g} mm "
+            f"(tolerance {AFFINE_ATOL_MM} mm)"
+        ]
+    return []
+
+
+def _nonfinite_problem(data: np.ndarray) -> list[str]:
+    if data.dtype.kind != "f":
+        return []
+    n_nan = int(np.count_nonzero(np.isnan(data)))
+    n_inf = int(np.count_nonzero(np.isinf(data)))
+    if n_nan or n_inf:
+        return [f"{n_nan} NaN and {n_inf} Inf voxels (non-finite intensities)"]
+    return []
+
+
+def _label_value_problems(data: np.ndarray, path: Path, convention: LabelConvention) -> list[str]:
+    """Fractional or out-of-convention label values; call only on finite data."""
+    if data.dtype.kind == "f":
+        fractional = data != np.round(data)
+        n_fractional = int(np.count_nonzero(fractional))
+        if n_fractional:
+            example = float(data[fractional].flat[0])
+            return [
+                f"label file has non-integer (fractional) values in {n_fractional} voxels, "
+                f"e.g. {example:g}"
+            ]
+    try:
+        convention.check_values(data.astype(np.int64), source=str(path))
+    except ValueError as err:
+        # check_values prefixes its message with the source; our problems carry the path apart.
+        return [str(err).removeprefix(f"{path}: ")]
+    return []
+
+
+def read_case(
+    files: CaseFiles, modalities: Sequence[str], convention: LabelConvention
+) -> tuple[LoadedCase | None, list[DataProblem]]:
+    """Like :func:`load_case`, but returns every problem found instead of raising at the first.
+
+    Returns ``(case, [])`` when the case is valid, ``(None, problems)`` otherwise. Reads one
+    modality at a time into a preallocated ``(C, X, Y, Z)`` array to keep one case in memory.
+    """
+    mods = check_modalities(modalities)
+    missing = [m for m in mods if m not in files.images]
+    if missing:
+        raise ValueError(f"case {files.case_id}: no file given for modalities {missing}")
+    problems: list[DataProblem] = []
+    image: np.ndarray | None = None
+    ref: tuple[Path, tuple, np.ndarray] | None = None  # first readable 3-D modality
+    for channel, modality in enumerate(mods):
+        path = files.images[modality]
+        try:
+            data, affine = _read_volume(files.case_id, path, as_image=True)
+        except DataError as err:
+            problems.extend(err.problems)
+            continue
+        if ref is None:
+            ref = (path, data.shape, affine)
+            image = np.empty((len(mods), *data.shape), dtype=np.float32)
+        found = _geometry_problems(data, affine, *ref) or _nonfinite_problem(data)
+        problems.extend(DataProblem(files.case_id, path, text) for text in found)
+        if not found and image is not None:
+            image[channel] = data
+    label = None
+    if files.label is not None:
+        label, label_problems = _read_label(files.case_id, files.label, ref, convention)
+        problems.extend(label_problems)
+    if image is not None and ref is not None and not problems and not np.any(image):
+        problems.append(
+            DataProblem(files.case_id, ref[0].parent, "every voxel of every modality is zero")
+        )
+    if problems or image is None or ref is None:
+        return None, problems
+    return LoadedCase(files.case_id, image, label, ref[2], mods), []
+
+
+def _read_label(
+    case_id: str,
+    path: Path,
+    ref: tuple[Path, tuple, np.ndarray] | None,
+    convention: LabelConvention,
+) -> tuple[np.ndarray | None, list[DataProblem]]:
+    """Read and check one label file -> (uint8 ``(X, Y, Z)`` or None, problems)."""
+    try:
+        data, affine = _read_volume(case_id, path, as_image=False)
+    except DataError as err:
+        return None, list(err.problems)
+    found = _geometry_problems(data, affine, *ref) if ref is not None else []
+    found = found or _nonfinite_problem(data) or _label_value_problems(data, path, convention)
+    if found:
+        return None, [DataProblem(case_id, path, text) for text in found]
+    return data.astype(np.uint8), []
+
+
+def load_case(
+    files: CaseFiles, modalities: Sequence[str], convention: LabelConvention
+) -> LoadedCase:
+    """Read one case and check it; DataError naming the file for any problem.
+
+    Checks: readable NIfTI, 3-D, same shape and affine (atol 1e-3 mm) as the first modality,
+    finite intensities, integer label values allowed by ``convention``, not all zero.
+
+    Returns a :class:`LoadedCase` with ``image`` float32 ``(C, X, Y, Z)`` (channel order =
+    ``modalities``) and ``label`` uint8 ``(X, Y, Z)`` or None.
+    """
+    case, problems = read_case(files, modalities, convention)
+    if problems:
+        folder = next(iter(files.images.values())).parent
+        raise DataError.from_problems(problems, folder)
+    assert case is not None  # read_case returns a case exactly when there are no problems
+    return case
