@@ -1,0 +1,124 @@
+"""Build the shared backbone and capture named intermediate features with forward hooks.
+
+Every network in a benchmark (teacher and students) is the same MONAI ``DynUNet`` (the
+nnU-Net architecture: two conv-norm-LeakyReLU layers per level, stride-2 downsampling,
+transposed-conv upsampling); only ``in_channels`` differs. Distillation methods need features
+from inside the network (the bottleneck for KD-Net's latent term and Barlow Twins, the last
+decoder stage for PMKL), so the factory exposes them by name through forward hooks instead of
+forking the MONAI forward pass.
+
+Tap names (``available_taps``):
+
+* ``bottleneck``: deepest encoder block output, ``(B, filters[-1], D/2^L, H/2^L, W/2^L)``
+* ``decoder_<i>``: output of decoder stage ``i`` (0 = deepest), ``decoder_last`` = the last
+  (full-resolution) stage ``(B, filters[0], D, H, W)``
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from types import TracebackType
+
+import torch
+from monai.networks.nets import DynUNet
+from torch import nn
+
+from kdseg.config import ModelConfig
+
+
+@dataclass
+class NetOutput:
+    """A network's output for one batch.
+
+    Attributes:
+        logits: ``(B, K, D, H, W)`` pre-softmax class scores.
+        features: tap name -> ``(B, C, d, h, w)`` intermediate feature map.
+    """
+
+    logits: torch.Tensor
+    features: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def build_network(model: ModelConfig, in_channels: int, num_classes: int) -> DynUNet:
+    """A ``DynUNet`` with ``len(model.filters)`` levels; input ``(B, in_channels, D, H, W)``.
+
+    Spatial sizes must be divisible by ``2 ** (len(filters) - 1)``.
+    """
+    levels = len(model.filters)
+    if levels < 3:  # MONAI's DynUNet needs an input block, >= 1 downsampling and a bottleneck
+        raise ValueError(f"model.filters needs at least 3 levels, got {list(model.filters)}")
+    return DynUNet(
+        spatial_dims=3,
+        in_channels=in_channels,
+        out_channels=num_classes,
+        kernel_size=[model.kernel_size] * levels,
+        strides=[1] + [2] * (levels - 1),
+        upsample_kernel_size=[2] * (levels - 1),
+        filters=list(model.filters),
+        dropout=model.dropout or None,
+        norm_name=model.norm,
+        deep_supervision=False,
+        res_block=False,
+    )
+
+
+def tap_modules(net: DynUNet) -> dict[str, nn.Module]:
+    """Tap name -> module whose forward output is that feature."""
+    taps: dict[str, nn.Module] = {"bottleneck": net.bottleneck}
+    for i, block in enumerate(net.upsamples):
+        taps[f"decoder_{i}"] = block
+    taps["decoder_last"] = net.upsamples[-1]
+    return taps
+
+
+def available_taps(net: DynUNet) -> list[str]:
+    return list(tap_modules(net))
+
+
+class FeatureTaps:
+    """Context manager recording the outputs of named modules during forward passes.
+
+    Example::
+
+        with FeatureTaps(net, ["bottleneck"]) as taps:
+            logits = net(x)
+        taps.features["bottleneck"]  # (B, C, d, h, w)
+    """
+
+    def __init__(self, net: DynUNet, names: Iterable[str]) -> None:
+        modules = tap_modules(net)
+        self.names = list(dict.fromkeys(names))
+        unknown = sorted(set(self.names) - set(modules))
+        if unknown:
+            raise ValueError(f"unknown feature tap(s) {unknown}; available: {list(modules)}")
+        self._modules = {name: modules[name] for name in self.names}
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self.features: dict[str, torch.Tensor] = {}
+
+    def __enter__(self) -> FeatureTaps:
+        for name, module in self._modules.items():
+            self._handles.append(module.register_forward_hook(self._hook(name)))
+        return self
+
+    def _hook(self, name: str):
+        def record(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+            self.features[name] = output
+
+        return record
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+
+def forward_with_taps(net: DynUNet, x: torch.Tensor, taps: Iterable[str] = ()) -> NetOutput:
+    """Run ``net`` on ``x`` ``(B, C, D, H, W)`` and return logits plus the requested features."""
+    taps = list(taps)
+    if not taps:
+        return NetOutput(net(x))
+    with FeatureTaps(net, taps) as recorder:
+        logits = net(x)
+    return NetOutput(logits, dict(recorder.features))
