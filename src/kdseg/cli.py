@@ -1,0 +1,232 @@
+"""``python -m kdseg <stage>``: one subcommand per pipeline stage (Snakemake rules call these).
+
+Heavy modules (torch, MONAI, MLflow) are imported inside the handlers so that light commands
+(``write-run-config``) start fast. Expected problems (bad data, bad config) print one clear
+``kdseg <stage>: error: ...`` line and exit with status 2; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+def _tracking(path: str | None) -> dict[str, str] | None:
+    """The tracking JSON written by ``init-tracking`` (absent/disabled -> None)."""
+    if not path:
+        return None
+    info = json.loads(Path(path).read_text())
+    return info if info.get("enabled", True) else None
+
+
+def cmd_synthesize(a: argparse.Namespace) -> None:
+    from kdseg.data.synthetic import SyntheticSpec, synthesize_dataset
+
+    spec = SyntheticSpec(n_cases=a.n_cases, shape=tuple(a.shape), seed=a.seed,
+                         difficulty=a.difficulty, no_enhancing_fraction=a.no_enhancing_fraction)
+    ids = synthesize_dataset(Path(a.out), spec)
+    print(f"{len(ids)} synthetic cases in {a.out}")
+
+
+def cmd_preprocess(a: argparse.Namespace) -> None:
+    from kdseg.data.labels import get_convention
+    from kdseg.data.preprocess import preprocess_dataset
+
+    manifest = preprocess_dataset(Path(a.root), Path(a.out), a.modalities,
+                                  get_convention(a.labels), margin=a.margin)
+    print(f"preprocessed {len(manifest)} cases into {a.out}")
+
+
+def cmd_split(a: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from kdseg.data.splits import make_splits, write_splits
+
+    cases = pd.read_csv(a.manifest)["case"].astype(str).tolist()
+    splits = make_splits(cases, a.folds, a.test_fraction, a.val_fraction, a.seed)
+    write_splits(splits, Path(a.out))
+    for s in splits:
+        print(f"fold {s['fold']}: {len(s['train'])} train, {len(s['val'])} val, "
+              f"{len(s['test'])} test")
+
+
+def cmd_init_tracking(a: argparse.Namespace) -> None:
+    from kdseg.tracking import init_tracking, resolve_tracking_uri
+    from kdseg.training.runinfo import write_json_atomic
+
+    info: dict[str, object] = {"enabled": a.enabled}
+    if a.enabled:
+        uri = resolve_tracking_uri(a.uri, Path.cwd())
+        info.update(uri=uri, experiment=a.experiment,
+                    experiment_id=init_tracking(uri, a.experiment, Path(a.artifact_root)))
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(info, Path(a.out))
+    print(json.dumps(info))
+
+
+def cmd_write_run_config(a: argparse.Namespace) -> None:
+    from kdseg.config import write_run_config
+
+    write_run_config(json.loads(a.json), Path(a.out))
+
+
+def cmd_train(a: argparse.Namespace) -> None:
+    from kdseg.training.loop import train_run
+
+    print(train_run(Path(a.run_dir), _tracking(a.tracking), a.threads))
+
+
+def cmd_predict(a: argparse.Namespace) -> None:
+    import torch
+
+    from kdseg.config import load_run_config
+    from kdseg.data.splits import load_fold
+    from kdseg.inference.predict import predict_run
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    cfg = load_run_config(Path(a.run_dir) / "run_config.yaml")
+    cases = load_fold(Path(cfg.splits_file), cfg.fold)[a.split]
+    paths = predict_run(Path(a.run_dir), cases, Path(a.out))
+    print(f"{len(paths)} predictions in {a.out}")
+
+
+def cmd_evaluate(a: argparse.Namespace) -> None:
+    from kdseg.config import load_run_config
+    from kdseg.data.labels import get_convention
+    from kdseg.data.splits import load_fold
+    from kdseg.evaluation.evaluate import evaluate_folder
+    from kdseg.report.tables import metric_means
+    from kdseg.tracking import sync_run_folder
+    from kdseg.training.runinfo import write_json_atomic
+
+    run_dir = Path(a.run_dir)
+    cfg = load_run_config(run_dir / "run_config.yaml")
+    cases = load_fold(Path(cfg.splits_file), cfg.fold)["test"]
+    df = evaluate_folder(Path(a.predictions), Path(a.references), get_convention(cfg.labels),
+                         a.empty_rule, cases=cases, out_csv=Path(a.out))
+    means = metric_means(df, prefix="test")
+    write_json_atomic(means, run_dir / "test_metrics.json")
+    print(json.dumps(means, indent=1))
+    tracking = _tracking(a.tracking)
+    if tracking:
+        sync_run_folder(run_dir, tracking["uri"], tracking["experiment_id"])
+
+
+def cmd_evaluate_folder(a: argparse.Namespace) -> None:
+    from kdseg.data.labels import get_convention
+    from kdseg.evaluation.evaluate import evaluate_folder
+
+    df = evaluate_folder(Path(a.pred_dir), Path(a.ref_dir), get_convention(a.labels),
+                         a.empty_rule, out_csv=Path(a.out))
+    table = df.groupby(["region", "metric"], sort=False)["value"].agg(["mean", "std", "median"])
+    print(table.to_string(float_format=lambda v: f"{v:.4f}"))
+
+
+def cmd_summarize(a: argparse.Namespace) -> None:
+    from kdseg.report.tables import write_summary
+
+    _, markdown = write_summary([Path(r) for r in a.runs], Path(a.out_dir))
+    tracking = _tracking(a.tracking)
+    if tracking:
+        from kdseg.config import load_run_config, run_key
+        from kdseg.tracking import mark_stale_runs
+
+        keys = [run_key(load_run_config(Path(r) / "run_config.yaml")) for r in a.runs]
+        mark_stale_runs(tracking["uri"], tracking["experiment_id"], keys)
+    print(markdown)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kdseg", description=__doc__.splitlines()[0])
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", required=True, metavar="<stage>")
+
+    def add(name: str, func, help: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.set_defaults(func=func)
+        return sp
+
+    s = add("synthesize", cmd_synthesize, "write the built-in synthetic BraTS-like dataset")
+    s.add_argument("--out", required=True)
+    s.add_argument("--n-cases", type=int, default=40)
+    s.add_argument("--shape", type=int, nargs=3, default=[96, 112, 96], metavar=("X", "Y", "Z"))
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--difficulty", type=float, default=0.5)
+    s.add_argument("--no-enhancing-fraction", type=float, default=0.2)
+
+    s = add("preprocess", cmd_preprocess, "validate and preprocess a BraTS-layout dataset")
+    s.add_argument("--root", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--modalities", nargs="+", required=True)
+    s.add_argument("--labels", default="brats")
+    s.add_argument("--margin", type=int, default=2)
+
+    s = add("split", cmd_split, "deterministic train/val/test (k-fold) splits")
+    s.add_argument("--manifest", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--folds", type=int, default=1)
+    s.add_argument("--test-fraction", type=float, default=0.25)
+    s.add_argument("--val-fraction", type=float, default=0.15)
+    s.add_argument("--seed", type=int, default=0)
+
+    s = add("init-tracking", cmd_init_tracking, "create the MLflow DB and experiment once")
+    s.add_argument("--uri", required=True)
+    s.add_argument("--experiment", required=True)
+    s.add_argument("--artifact-root", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--disabled", dest="enabled", action="store_false")
+
+    s = add("write-run-config", cmd_write_run_config, "validate and write a resolved run config")
+    s.add_argument("--json", required=True, help="the run config as a JSON string")
+    s.add_argument("--out", required=True)
+
+    s = add("train", cmd_train, "train the teacher or a student of a run folder (resumes)")
+    s.add_argument("--run-dir", required=True)
+    s.add_argument("--tracking", help="tracking JSON from init-tracking")
+    s.add_argument("--threads", type=int)
+
+    s = add("predict", cmd_predict, "sliding-window predictions in the original geometry")
+    s.add_argument("--run-dir", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--split", default="test", choices=["test", "val", "train"])
+    s.add_argument("--threads", type=int)
+
+    s = add("evaluate", cmd_evaluate, "per-case metrics of a run's test predictions")
+    s.add_argument("--run-dir", required=True)
+    s.add_argument("--predictions", required=True)
+    s.add_argument("--references", required=True, help="dataset root (BraTS layout)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--empty-rule", default="brats", choices=["brats", "nan"])
+    s.add_argument("--tracking")
+
+    s = add("evaluate-folder", cmd_evaluate_folder,
+            "Dice/HD95 of any folder of <case>.nii.gz predictions against references")
+    s.add_argument("pred_dir")
+    s.add_argument("ref_dir", help="BraTS layout (<case>/<case>_seg.nii.gz) or <case>.nii.gz")
+    s.add_argument("--out", required=True)
+    s.add_argument("--labels", default="brats")
+    s.add_argument("--empty-rule", default="brats", choices=["brats", "nan"])
+
+    s = add("summarize", cmd_summarize, "comparison tables over all evaluated runs")
+    s.add_argument("--runs", nargs="+", required=True)
+    s.add_argument("--out-dir", required=True)
+    s.add_argument("--tracking")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        if args.debug:
+            raise
+        print(f"kdseg {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0

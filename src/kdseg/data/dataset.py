@@ -1,0 +1,115 @@
+"""Random training patches with foreground oversampling and augmentation.
+
+Patches are drawn from the preprocessed arrays (memory-mapped ``.npy``): pick a case uniformly,
+centre the patch on a random foreground voxel with probability ``foreground_prob`` (nnU-Net's
+oversampling, so small tumours are seen often enough) or on a random voxel otherwise, then
+augment. Augmentation is applied once to the **full-modality** patch; the trainer then selects
+the student's channels, so teacher and student always see the same augmented patch.
+
+The patch sampling is written by hand (instead of MONAI's ``RandCropByPosNegLabeld``) because
+it needs to read only the patch from a memory-mapped array, not the whole case; the
+augmentations are MONAI's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import Compose, RandFlipd, RandScaleIntensityd, RandShiftIntensityd
+from torch.utils.data import IterableDataset, get_worker_info
+
+from kdseg.data.preprocess import load_preprocessed
+
+_MAX_FG_COORDS = 20_000  # enough centres to sample from; bounds memory per case
+
+
+class PatchDataset(IterableDataset):
+    """Endless stream of ``(image, label)`` patches.
+
+    Yields:
+        image: ``(C, *patch_size)`` float32 tensor with all modalities.
+        label: ``(1, *patch_size)`` int64 class ids.
+    """
+
+    def __init__(self, preprocessed_dir: Path, cases: Sequence[str],
+                 patch_size: Sequence[int], foreground_prob: float, seed: int) -> None:
+        if not cases:
+            raise ValueError("PatchDataset: no training cases")
+        self.dir = Path(preprocessed_dir)
+        self.cases = list(cases)
+        self.patch_size = tuple(int(p) for p in patch_size)
+        self.foreground_prob = foreground_prob
+        self.seed = seed
+        self.epoch = 0
+        self._arrays: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self.augment = Compose([
+            RandFlipd(keys=("image", "label"), prob=0.5, spatial_axis=0),
+            RandFlipd(keys=("image", "label"), prob=0.5, spatial_axis=1),
+            RandFlipd(keys=("image", "label"), prob=0.5, spatial_axis=2),
+            RandScaleIntensityd(keys="image", factors=0.1, prob=0.5, channel_wise=True),
+            RandShiftIntensityd(keys="image", offsets=0.1, prob=0.5, channel_wise=True),
+        ])
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the stream a pure function of (seed, epoch, worker): resumed runs match."""
+        self.epoch = epoch
+
+    def _case(self, case: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if case not in self._arrays:
+            image, label, _ = load_preprocessed(self.dir, case, mmap=True)
+            if label is None:
+                raise ValueError(f"{self.dir}: case {case} has no label; cannot train on it")
+            fg = np.argwhere(label > 0)
+            if len(fg) > _MAX_FG_COORDS:
+                fg = fg[np.random.default_rng(0).choice(len(fg), _MAX_FG_COORDS, replace=False)]
+            self._arrays[case] = (image, label, fg)
+        return self._arrays[case]
+
+    def _crop(self, array: np.ndarray, start: np.ndarray) -> np.ndarray:
+        """Crop ``patch_size`` at ``start`` from the last 3 axes, zero-padding outside."""
+        spatial = np.array(array.shape[-3:])
+        size = np.array(self.patch_size)
+        lo = np.maximum(start, 0)
+        hi = np.minimum(start + size, spatial)
+        out = np.zeros((*array.shape[:-3], *self.patch_size), dtype=array.dtype)
+        src = array[..., lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+        dst_lo = lo - start
+        dst_hi = dst_lo + (hi - lo)
+        out[..., dst_lo[0]:dst_hi[0], dst_lo[1]:dst_hi[1], dst_lo[2]:dst_hi[2]] = src
+        return out
+
+    def sample(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """One un-augmented patch ``{"image": (C, *P), "label": (1, *P)}``."""
+        image, label, fg = self._case(self.cases[rng.integers(len(self.cases))])
+        spatial = np.array(label.shape)
+        size = np.array(self.patch_size)
+        if len(fg) and rng.random() < self.foreground_prob:
+            centre = fg[rng.integers(len(fg))]
+        else:
+            centre = rng.integers(0, spatial)
+        # Keep the patch inside the volume where the volume is large enough (nnU-Net style).
+        start = np.clip(centre - size // 2, 0, np.maximum(spatial - size, 0))
+        return {
+            "image": self._crop(image, start).astype(np.float32, copy=False),
+            "label": self._crop(label, start)[None].astype(np.int64),
+        }
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        info = get_worker_info()
+        worker = info.id if info is not None else 0
+        rng = np.random.default_rng([self.seed, self.epoch, worker])
+        self.augment.set_random_state(seed=int(rng.integers(2**31)))
+        while True:
+            patch = self.augment(self.sample(rng))
+            yield _plain_tensor(patch["image"]), _plain_tensor(patch["label"])
+
+
+def _plain_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """MONAI transforms return ``MetaTensor``; the training step wants plain contiguous tensors."""
+    if isinstance(x, MetaTensor):
+        x = x.as_tensor()
+    return torch.as_tensor(x).contiguous()

@@ -1,0 +1,1 @@
+"""Inference: MONAI sliding window over whole cases, predictions restored to original geometry."""

@@ -1,0 +1,95 @@
+"""Predict whole cases with MONAI's sliding-window inference and write NIfTI label maps.
+
+Predictions are made on the preprocessed (RAS, cropped, normalised) arrays and then restored to
+each case's **original** geometry (shape, orientation, affine) with BraTS label values, so any
+external tool can compare them with the source files voxel for voxel.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.inferers import sliding_window_inference
+from tqdm import tqdm
+
+from kdseg.config import InferenceConfig, parse_run_config
+from kdseg.data.labels import get_convention
+from kdseg.data.preprocess import CaseGeometry, load_preprocessed, restore_prediction
+from kdseg.models.factory import build_network
+from kdseg.training import checkpoint
+
+log = logging.getLogger("kdseg.predict")
+
+
+@torch.no_grad()
+def predict_logits(net: torch.nn.Module, image: torch.Tensor, roi_size: Sequence[int],
+                   inference: InferenceConfig, device: torch.device,
+                   amp: bool = False) -> torch.Tensor:
+    """Sliding-window logits ``(K, X, Y, Z)`` for one case ``image`` of shape ``(C, X, Y, Z)``.
+
+    Windows of ``roi_size`` (the training patch) overlap by ``inference.overlap`` and are blended
+    with ``inference.mode`` weights; cases smaller than the window are padded by MONAI.
+    """
+    was_training = net.training
+    net.eval()
+    x = image[None].to(device)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+        logits = sliding_window_inference(
+            x, roi_size=tuple(roi_size), sw_batch_size=inference.sw_batch_size, predictor=net,
+            overlap=inference.overlap, mode=inference.mode,
+        )
+    net.train(was_training)
+    return torch.as_tensor(logits)[0].float()
+
+
+def predict_classes(net: torch.nn.Module, image: torch.Tensor, roi_size: Sequence[int],
+                    inference: InferenceConfig, device: torch.device,
+                    amp: bool = False) -> np.ndarray:
+    """Class ids ``(X, Y, Z)`` (uint8) by argmax over the sliding-window logits."""
+    logits = predict_logits(net, image, roi_size, inference, device, amp)
+    return logits.argmax(dim=0).to(torch.uint8).cpu().numpy()
+
+
+def load_model(run_dir: Path, device: torch.device):
+    """The trained network of a run folder and its run config."""
+    path = Path(run_dir) / checkpoint.FINAL
+    state, cfg_dict = checkpoint.load_model_file(path, device)
+    cfg = parse_run_config(cfg_dict, f"{path}:run_config")
+    num_classes = get_convention(cfg.labels).num_classes
+    net = build_network(cfg.model, len(cfg.input_modalities), num_classes)
+    net.load_state_dict(state)
+    return net.to(device).eval(), cfg
+
+
+def predict_run(run_dir: Path, cases: Sequence[str], out_dir: Path,
+                device: torch.device | None = None, progress: bool = True) -> list[Path]:
+    """Predict ``cases`` with the model in ``run_dir``; writes ``out_dir/<case>.nii.gz``.
+
+    Files are written atomically; a case whose prediction exists is skipped (resume).
+    """
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    net, cfg = load_model(run_dir, device)
+    convention = get_convention(cfg.labels)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for case in tqdm(cases, desc=f"predict {Path(run_dir).name}", file=sys.stderr,
+                     disable=not progress):
+        target = out_dir / f"{case}.nii.gz"
+        if not target.exists():
+            image, _, meta = load_preprocessed(Path(cfg.preprocessed_dir), case)
+            x = torch.from_numpy(np.ascontiguousarray(image[cfg.input_channels]))
+            classes = predict_classes(net, x, cfg.train.patch_size, cfg.inference, device,
+                                      cfg.train.amp)
+            img = restore_prediction(classes, CaseGeometry.from_dict(meta), convention)
+            tmp = out_dir / f".{case}.tmp.nii.gz"
+            nib.save(img, tmp)
+            tmp.replace(target)
+        written.append(target)
+    return written

@@ -1,0 +1,1 @@
+"""Aggregated comparison tables (and, later, statistics and the report)."""

@@ -1,0 +1,1 @@
+"""Training: the loop shared by teacher and students, checkpoints and run metadata."""

@@ -1,0 +1,289 @@
+"""The training loop shared by the teacher and every student.
+
+Reads one resolved run config, trains, and leaves a self-describing run folder::
+
+    run_config.yaml      the job's resolved config (written by the workflow)
+    checkpoint_last.pt   resume state, rewritten after every epoch
+    history.csv          one row per epoch: losses (every named term), lr, validation Dice
+    model.pt             final weights + run config (the artifact later stages read)
+    run.json             run key, tags, params, git SHA, versions, seeds, device, timings, memory
+
+The loop never branches on the method: the distiller returns named weighted loss terms and
+declares which feature taps it reads and whether it needs the frozen teacher.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from monai.losses import DiceCELoss
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from kdseg.config import RunConfig, TrainConfig, load_run_config, parse_run_config, run_key
+from kdseg.data.dataset import PatchDataset
+from kdseg.data.labels import get_convention
+from kdseg.data.preprocess import load_preprocessed
+from kdseg.data.splits import load_fold
+from kdseg.distill.base import Distiller
+from kdseg.distill.registry import build_distiller
+from kdseg.evaluation.metrics import dice
+from kdseg.inference.predict import predict_classes
+from kdseg.models.factory import NetOutput, build_network, forward_with_taps
+from kdseg.training import checkpoint, runinfo
+
+log = logging.getLogger("kdseg.train")
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"train.device={name!r} but no CUDA device is available")
+    return torch.device(name)
+
+
+def seed_everything(seed: int, epoch: int) -> None:
+    """Seed every RNG from (seed, epoch) so epoch e is identical whether or not the run resumed."""
+    s = int(np.random.default_rng([seed, epoch]).integers(2**31))
+    random.seed(s)
+    np.random.seed(s)
+    torch.manual_seed(s)
+
+
+def make_optimizer(params: list[torch.nn.Parameter], train: TrainConfig) -> torch.optim.Optimizer:
+    if train.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
+    if train.optimizer == "sgd":  # nnU-Net's choice
+        return torch.optim.SGD(params, lr=train.lr, momentum=train.momentum, nesterov=True,
+                               weight_decay=train.weight_decay)
+    raise ValueError(f"train.optimizer must be 'adamw' or 'sgd', got {train.optimizer!r}")
+
+
+def make_scheduler(opt: torch.optim.Optimizer,
+                   train: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    if train.lr_schedule == "poly":  # nnU-Net: lr * (1 - epoch / epochs) ** 0.9
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda e: (1 - e / train.epochs) ** 0.9)
+    if train.lr_schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0)
+    raise ValueError(f"train.lr_schedule must be 'poly' or 'constant', got {train.lr_schedule!r}")
+
+
+def load_teacher(cfg: RunConfig, device: torch.device) -> tuple[torch.nn.Module, list[int]]:
+    """The frozen teacher and the channels (of the preprocessed image) it reads."""
+    path = Path(str(cfg.teacher_dir)) / checkpoint.FINAL
+    state, teacher_cfg_dict = checkpoint.load_model_file(path, device)
+    teacher_cfg = parse_run_config(teacher_cfg_dict, f"{path}:run_config")
+    if teacher_cfg.model != cfg.model:
+        log.warning("teacher %s uses a different model config than the student", path)
+    net = build_network(teacher_cfg.model, len(teacher_cfg.input_modalities),
+                        get_convention(cfg.labels).num_classes)
+    net.load_state_dict(state)
+    net.to(device).eval().requires_grad_(False)
+    return net, [cfg.modalities.index(m) for m in teacher_cfg.input_modalities]
+
+
+def validate(net: torch.nn.Module, cfg: RunConfig, cases: list[str],
+             device: torch.device) -> dict[str, float]:
+    """Mean Dice per region over validation cases (sliding window over each whole case)."""
+    convention = get_convention(cfg.labels)
+    scores: dict[str, list[float]] = defaultdict(list)
+    for case in cases[: cfg.train.max_val_cases]:
+        image, classes, _ = load_preprocessed(Path(cfg.preprocessed_dir), case)
+        x = torch.from_numpy(np.ascontiguousarray(image[cfg.input_channels]))
+        pred = predict_classes(net, x, cfg.train.patch_size, cfg.inference, device, cfg.train.amp)
+        pred_regions = convention.region_masks(convention.to_labels(pred))
+        ref_regions = convention.region_masks(convention.to_labels(np.asarray(classes)))
+        for region, ref in ref_regions.items():
+            d = dice(pred_regions[region], ref)
+            scores[region].append(1.0 if math.isnan(d) else d)  # both empty -> 1 (BraTS rule)
+    means = {f"val/dice/{r}": float(np.mean(v)) for r, v in scores.items()}
+    means["val/dice/mean"] = float(np.mean(list(means.values()))) if means else float("nan")
+    return means
+
+
+class Trainer:
+    """Holds the pieces of one run; :meth:`fit` is the loop."""
+
+    def __init__(self, run_dir: Path, tracker: Any | None = None) -> None:
+        self.run_dir = Path(run_dir)
+        self.cfg = load_run_config(self.run_dir / "run_config.yaml")
+        self.tracker = tracker
+        cfg = self.cfg
+        self.device = select_device(cfg.train.device)
+        self.amp = cfg.train.amp and self.device.type == "cuda"  # bf16 autocast on GPU only
+        split = load_fold(Path(cfg.splits_file), cfg.fold)
+        self.val_cases = split["val"]
+        self.data = PatchDataset(Path(cfg.preprocessed_dir), split["train"],
+                                 cfg.train.patch_size, cfg.train.foreground_prob, cfg.seed)
+        num_classes = get_convention(cfg.labels).num_classes
+        torch.manual_seed(cfg.seed)  # identical initial weights for every method of a seed
+        self.net = build_network(cfg.model, len(cfg.input_modalities), num_classes).to(self.device)
+        self.distiller: Distiller = build_distiller(cfg.method).to(self.device)
+        self.teacher, self.teacher_channels = (
+            load_teacher(cfg, self.device) if self.distiller.needs_teacher else (None, [])
+        )
+        self.seg_loss = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False,
+                                   batch=True)
+        params = list(self.net.parameters()) + list(self.distiller.parameters())
+        self.optimizer = make_optimizer(params, cfg.train)
+        self.scheduler = make_scheduler(self.optimizer, cfg.train)
+        self.history: list[dict[str, float]] = []
+        self.start_epoch = 0
+
+    # ---------------------------------------------------------------- resume
+    def state(self) -> dict[str, Any]:
+        return {"model": self.net.state_dict(), "distiller": self.distiller.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "epoch": len(self.history), "history": self.history,
+                "run_config": self.cfg.to_dict()}
+
+    def try_resume(self) -> None:
+        """Continue from ``checkpoint_last.pt`` if it belongs to this exact run config."""
+        path = self.run_dir / checkpoint.LAST
+        if not path.exists():
+            return
+        state = checkpoint.load(path, self.device)
+        if state.get("run_config") != self.cfg.to_dict():
+            stale = path.with_name(f"checkpoint_stale_{int(time.time())}.pt")
+            path.rename(stale)  # keep it: nothing computed is silently thrown away
+            log.warning("checkpoint of a different run config moved to %s; starting fresh", stale)
+            return
+        self.net.load_state_dict(state["model"])
+        self.distiller.load_state_dict(state["distiller"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.history = list(state["history"])
+        self.start_epoch = int(state["epoch"])
+        log.info("resumed from %s at epoch %d", path, self.start_epoch)
+
+    # ---------------------------------------------------------------- one step
+    def step(self, image: torch.Tensor, label: torch.Tensor) -> dict[str, float]:
+        """One optimisation step on a batch: image ``(B, C_all, *P)``, label ``(B, 1, *P)``."""
+        image = image.to(self.device, non_blocking=True)
+        label = label.to(self.device, non_blocking=True)
+        student_x = image[:, self.cfg.input_channels]
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            teacher_out: NetOutput | None = None
+            if self.teacher is not None:
+                with torch.no_grad():
+                    teacher_out = forward_with_taps(self.teacher, image[:, self.teacher_channels],
+                                                    self.distiller.teacher_taps)
+            student_out = forward_with_taps(self.net, student_x, self.distiller.student_taps)
+            terms = {"seg": self.seg_loss(student_out.logits.float(), label)}
+            terms.update(self.distiller(student_out, teacher_out, label))
+            loss = torch.stack(list(terms.values())).sum()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss {loss.item()} (terms: "
+                                     f"{ {k: v.item() for k, v in terms.items()} })")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.train.grad_clip)
+        self.optimizer.step()
+        return {"loss": loss.item(), **{k: v.item() for k, v in terms.items()}}
+
+    # ---------------------------------------------------------------- the loop
+    def fit(self, until_epoch: int | None = None) -> dict[str, float]:
+        """Train from ``start_epoch`` to ``train.epochs`` (or stop early after ``until_epoch``
+        epochs, e.g. to fit a cluster time limit; the next call resumes from the checkpoint)."""
+        cfg, train = self.cfg, self.cfg.train
+        stop = train.epochs if until_epoch is None else min(until_epoch, train.epochs)
+        loader = DataLoader(self.data, batch_size=train.batch_size, num_workers=train.num_workers,
+                            pin_memory=self.device.type == "cuda",
+                            persistent_workers=False)
+        for epoch in range(self.start_epoch, stop):
+            t0 = time.perf_counter()
+            seed_everything(cfg.seed, epoch)
+            self.data.set_epoch(epoch)
+            self.net.train()
+            sums: dict[str, float] = defaultdict(float)
+            batches = iter(loader)
+            bar = tqdm(range(train.iterations_per_epoch), desc=f"epoch {epoch + 1}/{train.epochs}",
+                       file=sys.stderr, mininterval=1 if sys.stderr.isatty() else 30, leave=False)
+            for _ in bar:
+                for key, value in self.step(*next(batches)).items():
+                    sums[key] += value
+                bar.set_postfix(loss=f"{sums['loss'] / (bar.n + 1):.3f}", refresh=False)
+            row: dict[str, float] = {"epoch": epoch}
+            row.update({f"train/{k}": v / train.iterations_per_epoch for k, v in sums.items()})
+            row["lr"] = self.optimizer.param_groups[0]["lr"]
+            self.scheduler.step()
+            if self.val_cases and ((epoch + 1) % train.val_every == 0 or epoch + 1 == train.epochs):
+                self.net.eval()
+                row.update(validate(self.net, cfg, self.val_cases, self.device))
+            row["time/epoch_s"] = time.perf_counter() - t0
+            self.history.append(row)
+            checkpoint.save_atomic(self.state(), self.run_dir / checkpoint.LAST)
+            pd.DataFrame(self.history).to_csv(self.run_dir / "history.csv", index=False)
+            log.info("epoch %d/%d %s", epoch + 1, train.epochs,
+                     " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
+            if self.tracker is not None:
+                self.tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+                self.tracker.set_tags({"kdseg.logged_epochs": str(epoch)})
+        return self.history[-1] if self.history else {}
+
+
+def run_tags(cfg: RunConfig, key: str) -> dict[str, str]:
+    return {
+        "kdseg.stage": cfg.stage, "kdseg.method": cfg.method_name, "kdseg.subset": cfg.subset,
+        "kdseg.n_modalities": str(len(cfg.input_modalities)), "kdseg.fold": str(cfg.fold),
+        "kdseg.seed": str(cfg.seed), "kdseg.dataset": cfg.dataset, "kdseg.run_key": key,
+        "kdseg.git_sha": runinfo.git_sha(),
+    }
+
+
+def run_name(cfg: RunConfig) -> str:
+    if cfg.stage == "teacher":
+        return f"teacher f{cfg.fold} s{cfg.seed}"
+    return f"{cfg.method_name} [{cfg.subset}] f{cfg.fold} s{cfg.seed}"
+
+
+def train_run(run_dir: Path, tracking: dict[str, str] | None = None,
+              threads: int | None = None) -> Path:
+    """Train the run in ``run_dir`` (resuming if possible); returns the path of ``model.pt``."""
+    from kdseg.tracking import RunTracker, flatten_params
+
+    if threads:
+        torch.set_num_threads(threads)
+    started = time.time()
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir / "run_config.yaml")
+    key = run_key(cfg)
+    tags = run_tags(cfg, key)
+    params = flatten_params(cfg.to_dict())
+    tracker = None
+    if tracking:
+        tracker = RunTracker.open(tracking["uri"], tracking["experiment_id"], key,
+                                  run_name(cfg), tags, params)
+    trainer = Trainer(run_dir, tracker)
+    trainer.try_resume()
+    last = trainer.fit()
+    checkpoint.save_atomic({"state_dict": trainer.net.state_dict(), "run_config": cfg.to_dict()},
+                           run_dir / checkpoint.FINAL)
+    info = {
+        "run_key": key, "run_name": run_name(cfg), "tags": tags, "params": params,
+        "git_sha": tags["kdseg.git_sha"], "versions": runinfo.versions(),
+        "seed": cfg.seed, "device": runinfo.device_description(trainer.device),
+        "threads": torch.get_num_threads(), "resumed_from_epoch": trainer.start_epoch,
+        "wall_time_s": time.time() - started,
+        "train_time_s": float(sum(r.get("time/epoch_s", 0.0) for r in trainer.history)),
+        "final": last, **runinfo.peak_memory_mb(trainer.device),
+        "mlflow_run_id": getattr(tracker, "run_id", None),
+    }
+    runinfo.write_json_atomic(info, run_dir / "run.json")
+    if tracker is not None:
+        tracker.log_metrics({"time/train_s": info["train_time_s"],
+                             "memory/peak_rss_mb": info["peak_rss_mb"]}, step=len(trainer.history))
+        tracker.log_artifact(run_dir / "run.json")
+        tracker.finish("FINISHED")
+    return run_dir / checkpoint.FINAL

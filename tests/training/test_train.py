@@ -1,0 +1,90 @@
+"""Training runs end to end on the tiny dataset: run folder contents, resume, student with KD."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from kdseg.config import write_run_config
+from kdseg.inference.predict import predict_run
+from kdseg.training import checkpoint
+from kdseg.training.loop import train_run
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory: pytest.TempPathFactory, tiny_data: dict,
+                make_run_config) -> Path:
+    run_dir = tmp_path_factory.mktemp("teacher")
+    write_run_config(make_run_config(tiny_data), run_dir / "run_config.yaml")
+    train_run(run_dir, threads=1)
+    return run_dir
+
+
+def test_run_folder_is_self_describing(teacher_dir: Path) -> None:
+    for name in ("run_config.yaml", "model.pt", "checkpoint_last.pt", "history.csv", "run.json"):
+        assert (teacher_dir / name).exists(), name
+    history = pd.read_csv(teacher_dir / "history.csv")
+    assert list(history["epoch"]) == [0, 1]
+    assert {"train/loss", "train/seg", "lr", "val/dice/WT", "val/dice/ET"} <= set(history.columns)
+    info = json.loads((teacher_dir / "run.json").read_text())
+    assert info["run_key"].startswith("tiny/teacher/flair+t1+t1ce+t2/teacher/fold0/seed0/")
+    assert {"git_sha", "versions", "seed", "device", "wall_time_s", "peak_rss_mb"} <= set(info)
+    assert info["tags"]["kdseg.stage"] == "teacher"
+    state, cfg = checkpoint.load_model_file(teacher_dir / "model.pt")  # weights_only load
+    assert cfg["stage"] == "teacher" and all(isinstance(v, torch.Tensor) for v in state.values())
+
+
+def test_resume_gives_the_same_model(tmp_path: Path, tiny_data: dict, make_run_config,
+                                     teacher_dir: Path) -> None:
+    """Interrupt after epoch 1 of 2, resume in a new process-like Trainer: same final weights."""
+    from kdseg.training.loop import Trainer
+
+    run_dir = tmp_path / "interrupted"
+    write_run_config(make_run_config(tiny_data), run_dir / "run_config.yaml")
+    Trainer(run_dir).fit(until_epoch=1)  # leaves checkpoint_last.pt after epoch 1
+    assert not (run_dir / "model.pt").exists()
+    train_run(run_dir, threads=1)
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["resumed_from_epoch"] == 1
+    resumed, _ = checkpoint.load_model_file(run_dir / "model.pt")
+    full, _ = checkpoint.load_model_file(teacher_dir / "model.pt")
+    for key in full:
+        torch.testing.assert_close(resumed[key], full[key], msg=key)
+    assert pd.read_csv(run_dir / "history.csv")["epoch"].tolist() == [0, 1]
+
+
+def test_checkpoint_of_other_config_is_kept_not_used(tmp_path: Path, tiny_data: dict,
+                                                     make_run_config, teacher_dir: Path) -> None:
+    run_dir = tmp_path / "run"
+    cfg = make_run_config(tiny_data, epochs=1)
+    write_run_config(cfg, run_dir / "run_config.yaml")
+    shutil.copy(teacher_dir / checkpoint.LAST, run_dir / checkpoint.LAST)  # a 2-epoch config
+    train_run(run_dir, threads=1)
+    assert list(run_dir.glob("checkpoint_stale_*.pt"))
+    assert json.loads((run_dir / "run.json").read_text())["resumed_from_epoch"] == 0
+
+
+def test_student_with_logit_kd_and_prediction_geometry(tmp_path: Path, tiny_data: dict,
+                                                       make_run_config, teacher_dir: Path) -> None:
+    import nibabel as nib
+
+    run_dir = tmp_path / "student"
+    method = {"name": "logit_kd", "kind": "logit_kd", "temperature": 2.0, "weight": 1.0}
+    write_run_config(make_run_config(tiny_data, stage="student", subset="flair", method=method,
+                                     teacher_dir=str(teacher_dir), epochs=1),
+                     run_dir / "run_config.yaml")
+    train_run(run_dir, threads=1)
+    history = pd.read_csv(run_dir / "history.csv")
+    assert (history["train/kd_logit"] > 0).all()
+    test_case = json.loads(tiny_data["splits"].read_text())[0]["test"][0]
+    (pred,) = predict_run(run_dir, [test_case], run_dir / "predictions", progress=False)
+    ref = nib.load(tiny_data["raw"] / test_case / f"{test_case}_seg.nii.gz")
+    out = nib.load(pred)
+    assert out.shape == ref.shape
+    assert (out.affine == ref.affine).all()
+    assert set(map(int, pd.unique(out.get_fdata().ravel()))) <= {0, 1, 2, 4}
