@@ -1,0 +1,70 @@
+# Config validation, wildcard constraints and the helpers the other rule files use.
+import json
+from pathlib import Path
+
+from snakemake.utils import min_version, validate
+
+from kdseg import config as kdcfg
+
+min_version("9.0")
+
+# Structure and defaults (JSON schema), then what a schema cannot check (method options, subsets).
+validate(config, "../schemas/config.schema.yaml")
+try:
+    kdcfg.check_config(config)
+except kdcfg.ConfigError as err:
+    raise WorkflowError(f"config error: {err}") from None
+if config["dataset"]["source"] == "brats" and not config["dataset"]["root"]:
+    raise WorkflowError("config error: dataset.root is required when dataset.source is 'brats'")
+
+DATA = kdcfg.data_dir(config)
+SUBSETS = kdcfg.student_subsets(config)
+METHODS = kdcfg.resolved_methods(config)
+FOLDS = list(range(config["splits"]["folds"]))
+SEEDS = list(config["seeds"])
+TRACKING_JSON = f"{config['results_dir']}/tracking/experiment.json"
+LOGS = f"{config['results_dir']}/logs/{config['dataset']['name']}"
+
+
+wildcard_constraints:
+    subset="[A-Za-z0-9_+-]+",
+    method="[A-Za-z0-9_-]+",
+    fold=r"\d+",
+    seed=r"\d+",
+    run=r"(teacher|student/[A-Za-z0-9_+-]+/[A-Za-z0-9_-]+)/fold\d+/seed\d+",
+
+
+def raw_root():
+    """Folder with the source dataset in BraTS layout (also the evaluation references)."""
+    if config["dataset"]["source"] == "synthetic":
+        return f"{DATA}/raw"
+    return config["dataset"]["root"]
+
+
+def as_json(data):
+    """Deterministic JSON for `params:` (Snakemake reruns a job when its params change)."""
+    return json.dumps(data, sort_keys=True)
+
+
+def teacher_model(wildcards):
+    """The frozen teacher's model.pt when the student's method distills from one, else []."""
+    if not kdcfg.method_needs_teacher(METHODS[wildcards.method]):
+        return []
+    return f"{kdcfg.teacher_dir(config, int(wildcards.fold), int(wildcards.seed))}/model.pt"
+
+
+def all_runs():
+    """Every run folder of the benchmark: teachers first, then subset x method x fold x seed."""
+    runs = [kdcfg.teacher_dir(config, f, s) for f in FOLDS for s in SEEDS]
+    runs += [
+        kdcfg.student_dir(config, subset, method, f, s)
+        for subset in SUBSETS
+        for method in METHODS
+        for f in FOLDS
+        for s in SEEDS
+    ]
+    return runs
+
+
+def tracking_arg():
+    return f"--tracking {TRACKING_JSON}" if config["tracking"]["enabled"] else ""

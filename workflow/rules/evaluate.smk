@@ -1,0 +1,37 @@
+# Inference and evaluation, shared by teacher and student runs ({run} is the run folder below
+# runs/). Predictions are restored to the original geometry and compared with the source labels.
+
+
+rule predict:
+    input:
+        model=f"{DATA}/runs/{{run}}/model.pt",
+        splits=f"{DATA}/splits.json",
+    output:
+        directory(f"{DATA}/runs/{{run}}/predictions"),
+    threads: config["resources"]["train_threads"]
+    resources:
+        gpu=config["resources"]["gpu_per_training_job"],
+        mem_mb=lambda w, attempt: 4000 * attempt,
+    log:
+        f"{LOGS}/{{run}}.predict.log",
+    shell:
+        "python -m kdseg predict --run-dir $(dirname {input.model}) --out {output}"
+        " --threads {threads} > {log} 2>&1"
+
+
+rule evaluate:
+    input:
+        predictions=f"{DATA}/runs/{{run}}/predictions",
+        tracking=ancient(TRACKING_JSON),
+    output:
+        f"{DATA}/runs/{{run}}/metrics_per_case.csv",
+    params:
+        references=raw_root(),
+        empty_rule=config["evaluation"]["empty_rule"],
+        tracking=tracking_arg(),
+    log:
+        f"{LOGS}/{{run}}.evaluate.log",
+    shell:
+        "python -m kdseg evaluate --run-dir $(dirname {input.predictions})"
+        " --predictions {input.predictions} --references {params.references}"
+        " --out {output} --empty-rule {params.empty_rule} {params.tracking} > {log} 2>&1"

@@ -1,0 +1,46 @@
+# Students: one per modality subset x method x fold x seed. A method that distills from the
+# frozen teacher waits for it; `baseline` does not.
+
+
+localrules:
+    student_run_config,
+
+
+rule student_run_config:
+    output:
+        f"{DATA}/runs/student/{{subset}}/{{method}}/fold{{fold}}/seed{{seed}}/run_config.yaml",
+    params:
+        run_config=lambda w: as_json(
+            kdcfg.student_run_config(config, w.subset, w.method, int(w.fold), int(w.seed))
+        ),
+    log:
+        f"{LOGS}/student/{{subset}}/{{method}}/fold{{fold}}_seed{{seed}}.run_config.log",
+    shell:
+        "python -m kdseg write-run-config --json {params.run_config:q} --out {output} > {log} 2>&1"
+
+
+rule train_student:
+    input:
+        run_config=f"{DATA}/runs/student/{{subset}}/{{method}}/fold{{fold}}/seed{{seed}}/run_config.yaml",
+        data=f"{DATA}/preprocessed/manifest.csv",
+        splits=f"{DATA}/splits.json",
+        teacher=teacher_model,
+        tracking=ancient(TRACKING_JSON),
+    output:
+        model=f"{DATA}/runs/student/{{subset}}/{{method}}/fold{{fold}}/seed{{seed}}/model.pt",
+        history=f"{DATA}/runs/student/{{subset}}/{{method}}/fold{{fold}}/seed{{seed}}/history.csv",
+        info=f"{DATA}/runs/student/{{subset}}/{{method}}/fold{{fold}}/seed{{seed}}/run.json",
+    params:
+        tracking=tracking_arg(),
+    threads: config["resources"]["train_threads"]
+    resources:
+        gpu=config["resources"]["gpu_per_training_job"],
+        mem_mb=lambda w, attempt: 4000 * attempt,
+        runtime=lambda w, attempt: 120 * attempt,
+    log:
+        f"{LOGS}/student/{{subset}}/{{method}}/fold{{fold}}_seed{{seed}}.train.log",
+    benchmark:
+        f"{DATA}/benchmarks/student/{{subset}}/{{method}}/fold{{fold}}_seed{{seed}}.train.tsv"
+    shell:
+        "python -m kdseg train --run-dir $(dirname {input.run_config}) {params.tracking}"
+        " --threads {threads} > {log} 2>&1"

@@ -1,0 +1,43 @@
+# The multi-modal teacher: all modalities, one per fold x seed.
+
+
+localrules:
+    teacher_run_config,
+
+
+rule teacher_run_config:
+    output:
+        f"{DATA}/runs/teacher/fold{{fold}}/seed{{seed}}/run_config.yaml",
+    params:
+        run_config=lambda w: as_json(kdcfg.teacher_run_config(config, int(w.fold), int(w.seed))),
+    log:
+        f"{LOGS}/teacher/fold{{fold}}_seed{{seed}}.run_config.log",
+    shell:
+        "python -m kdseg write-run-config --json {params.run_config:q} --out {output} > {log} 2>&1"
+
+
+rule train_teacher:
+    input:
+        run_config=f"{DATA}/runs/teacher/fold{{fold}}/seed{{seed}}/run_config.yaml",
+        data=f"{DATA}/preprocessed/manifest.csv",
+        splits=f"{DATA}/splits.json",
+        # ancient(): the tracking DB is created once; re-creating it must not retrain anything.
+        tracking=ancient(TRACKING_JSON),
+    output:
+        model=f"{DATA}/runs/teacher/fold{{fold}}/seed{{seed}}/model.pt",
+        history=f"{DATA}/runs/teacher/fold{{fold}}/seed{{seed}}/history.csv",
+        info=f"{DATA}/runs/teacher/fold{{fold}}/seed{{seed}}/run.json",
+    params:
+        tracking=tracking_arg(),
+    threads: config["resources"]["train_threads"]
+    resources:
+        gpu=config["resources"]["gpu_per_training_job"],
+        mem_mb=lambda w, attempt: 4000 * attempt,
+        runtime=lambda w, attempt: 120 * attempt,
+    log:
+        f"{LOGS}/teacher/fold{{fold}}_seed{{seed}}.train.log",
+    benchmark:
+        f"{DATA}/benchmarks/teacher/fold{{fold}}_seed{{seed}}.train.tsv"
+    shell:
+        "python -m kdseg train --run-dir $(dirname {input.run_config}) {params.tracking}"
+        " --threads {threads} > {log} 2>&1"
