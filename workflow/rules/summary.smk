@@ -15,5 +15,5 @@ rule summarize:
     log:
         f"{LOGS}/summarize.log",
     shell:
-        "python -m kdseg summarize --runs {params.runs} --out-dir {DATA}/summary"
+        "python -m kdseg summarize --runs {params.runs} --out-dir $(dirname {output.table})"
         " {params.tracking} > {log} 2>&1"

@@ -40,6 +40,7 @@ from kdseg.distill.registry import build_distiller
 from kdseg.evaluation.metrics import dice
 from kdseg.inference.predict import predict_classes
 from kdseg.models.factory import NetOutput, build_network, forward_with_taps
+from kdseg.tracking import epoch_metrics_logged_tag
 from kdseg.training import checkpoint, runinfo
 
 log = logging.getLogger("kdseg.train")
@@ -228,8 +229,9 @@ class Trainer:
             log.info("epoch %d/%d %s", epoch + 1, train.epochs,
                      " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
             if self.tracker is not None:
-                self.tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
-                self.tracker.set_tags({"kdseg.logged_epochs": str(epoch)})
+                # metrics and the progress tag in one request: a crash can re-log, never skip
+                self.tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"},
+                                         step=epoch, tags=epoch_metrics_logged_tag(epoch))
         return self.history[-1] if self.history else {}
 
 

@@ -1,0 +1,167 @@
+"""The Snakemake workflow: lint, dry runs of the default config, bad configs, and one real
+end-to-end run on a tiny config (including 'change one method -> only its jobs rerun')."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.workflow
+
+
+def snakemake(*args: str, configs: tuple[Path, ...] = (), cwd: Path = REPO,
+              check: bool = True) -> subprocess.CompletedProcess:
+    """Run the venv's snakemake on the repo's Snakefile with the venv first on PATH.
+
+    ``configs`` are layered over config/config.yaml (one ``--configfile`` flag: Snakemake keeps
+    only the last flag's files when it is repeated).
+    """
+    bindir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}"}
+    cmd = [str(bindir / "snakemake"), "-s", str(REPO / "Snakefile"), "--configfile",
+           str(REPO / "config/config.yaml"), *map(str, configs), *args]
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """Parse Snakemake's 'Job stats' table into {rule: count}."""
+    table = output.split("Job stats:")[1]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+def write_config(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_lint_has_no_findings_besides_software_deployment() -> None:
+    proc = snakemake("--lint", check=False)
+    findings = set(re.findall(r"^\s+\* (.+?):?$", proc.stdout + proc.stderr, re.M))
+    # The project pins its software in constraints.txt (a .venv), not per-rule conda envs.
+    assert findings <= {"Specify a conda environment or container for each rule."}, findings
+
+
+def test_default_config_dry_run_job_counts(tmp_path: Path) -> None:
+    proc = snakemake("-n", "--cores", "2", cwd=tmp_path)
+    counts = job_counts(proc.stdout)
+    assert counts == {
+        "synthesize": 1, "preprocess": 1, "make_splits": 1, "init_tracking": 1,
+        "teacher_run_config": 1, "train_teacher": 1,
+        "student_run_config": 8, "train_student": 8,  # 4 subsets x {baseline, logit_kd}
+        "predict": 9, "evaluate": 9, "summarize": 1, "all": 1, "total": 42,
+    }
+
+
+def test_all_subsets_two_seeds_two_folds_dry_run(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "big.yaml", {"students": {"subsets": "all",
+                                                            "methods": ["baseline", "logit_kd"]},
+                                               "seeds": [0, 1], "splits": {"folds": 2}})
+    counts = job_counts(snakemake("-n", "--cores", "2", configs=(cfg,), cwd=tmp_path).stdout)
+    assert counts["train_teacher"] == 4  # folds x seeds
+    assert counts["train_student"] == 15 * 2 * 2 * 2
+    assert counts["evaluate"] == 4 + 120
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"trian": {"epochs": 1}}, "trian"),
+    ({"train": {"epochs": 0}}, "epochs"),
+    ({"students": {"subsets": ["t1", "t7"], "methods": ["baseline"]}}, "students.subsets[1]"),
+    ({"students": {"subsets": ["t1"], "methods": ["kd_net"]}}, "method 'kd_net' is not defined"),
+    ({"methods": {"logit_kd": {"temprature": 2}}}, "unknown option(s) ['temprature']"),
+    ({"dataset": {"name": "x", "source": "brats"}}, "dataset.root is required"),
+])
+def test_bad_config_fails_before_any_job_naming_the_key(tmp_path: Path, override: dict,
+                                                         message: str) -> None:
+    cfg = write_config(tmp_path / "bad.yaml", override)
+    proc = snakemake("-n", configs=(cfg,), cwd=tmp_path, check=False)
+    assert proc.returncode != 0
+    assert message in proc.stdout + proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Run the whole tiny benchmark once (module-scoped: the tests below inspect it)."""
+    workdir = tmp_path_factory.mktemp("e2e")
+    text = (REPO / "tests/workflow/tiny.yaml").read_text().replace("RESULTS_DIR", "results")
+    cfg = workdir / "tiny.yaml"
+    cfg.write_text(text.replace("sqlite:///results", f"sqlite:///{workdir}/results"))
+    snakemake("--cores", "2", configs=(cfg,), cwd=workdir)
+    return workdir, cfg
+
+
+def test_end_to_end_outputs(tiny_run: tuple[Path, Path]) -> None:
+    workdir, _ = tiny_run
+    data = workdir / "results/tiny"
+    summary = pd.read_csv(data / "summary/comparison.csv")
+    models = summary[["stage", "subset", "method"]].drop_duplicates().values.tolist()
+    assert models == [["teacher", "flair+t1+t1ce+t2", "teacher"],
+                      ["student", "t1", "baseline"], ["student", "t1", "logit_kd"],
+                      ["student", "flair", "baseline"], ["student", "flair", "logit_kd"]]
+    assert set(summary["region"]) == {"WT", "TC", "ET"}
+    assert set(summary["metric"]) == {"dice", "hd95"}
+    assert "| teacher (flair+t1+t1ce+t2) |" in (data / "summary/comparison.md").read_text()
+    long = pd.read_csv(data / "summary/metrics_long.csv")
+    assert {"case", "region", "metric", "value", "empty_state"} <= set(long.columns)
+    # predictions are in the original geometry of the source files
+    run = data / "runs/student/flair/logit_kd/fold0/seed0"
+    for pred in (run / "predictions").glob("*.nii.gz"):
+        case = pred.name.removesuffix(".nii.gz")
+        ref = nib.load(data / "raw" / case / f"{case}_seg.nii.gz")
+        assert nib.load(pred).shape == ref.shape
+        assert (nib.load(pred).affine == ref.affine).all()
+    for name in ("run_config.yaml", "model.pt", "history.csv", "run.json",
+                 "metrics_per_case.csv", "test_metrics.json"):
+        assert (run / name).exists(), name
+    assert (workdir / "results/logs/tiny/student/flair/logit_kd/fold0_seed0.train.log").exists()
+
+
+def test_end_to_end_mlflow_runs(tiny_run: tuple[Path, Path]) -> None:
+    from mlflow.tracking import MlflowClient
+
+    workdir, _ = tiny_run
+    client = MlflowClient(f"sqlite:///{workdir}/results/mlflow.db")
+    experiment = client.get_experiment_by_name("kdseg")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 5  # teacher + 2 subsets x 2 methods, no duplicates
+    for r in runs:
+        assert r.info.status == "FINISHED"
+        assert {"kdseg.stage", "kdseg.method", "kdseg.subset", "kdseg.fold", "kdseg.seed",
+                "kdseg.run_key"} <= set(r.data.tags)
+        assert {"train/loss", "val/dice/WT", "test/dice/WT", "test/hd95/ET"} <= set(r.data.metrics)
+        info = json.loads((workdir / "results/tiny/runs").joinpath(
+            *_run_path(r.data.tags)).joinpath("run.json").read_text())
+        assert info["run_key"] == r.data.tags["kdseg.run_key"]
+
+
+def _run_path(tags: dict[str, str]) -> list[str]:
+    tail = [f"fold{tags['kdseg.fold']}", f"seed{tags['kdseg.seed']}"]
+    if tags["kdseg.stage"] == "teacher":
+        return ["teacher", *tail]
+    return ["student", tags["kdseg.subset"], tags["kdseg.method"], *tail]
+
+
+def test_rerun_does_nothing_and_method_change_reruns_only_that_method(
+        tiny_run: tuple[Path, Path]) -> None:
+    workdir, cfg = tiny_run
+    nothing = snakemake("-n", "--cores", "2", configs=(cfg,), cwd=workdir)
+    assert "Nothing to be done" in nothing.stdout + nothing.stderr
+    changed = yaml.safe_load(cfg.read_text())
+    changed["methods"] = {"logit_kd": {"kind": "logit_kd", "temperature": 2.0}}
+    cfg2 = write_config(workdir / "tiny_t2.yaml", changed)
+    counts = job_counts(snakemake("-n", "--cores", "2", configs=(cfg, cfg2), cwd=workdir).stdout)
+    assert counts == {"student_run_config": 2, "train_student": 2, "predict": 2, "evaluate": 2,
+                      "summarize": 1, "all": 1, "total": 10}
