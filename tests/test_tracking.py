@@ -20,7 +20,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kdseg import tracking
 from kdseg.tracking import (
     CURRENT_TAG,
     LOGGED_EPOCHS_TAG,
@@ -37,6 +36,8 @@ from kdseg.tracking import (
     resolve_tracking_uri,
     sync_run_folder,
 )
+from kdseg.tracking import batch as tracking_batch
+from kdseg.tracking import retry as tracking_retry
 
 UNREACHABLE = "http://127.0.0.1:9"  # discard port: connection refused at once
 SHORT_BUDGET_S = 0.5
@@ -338,13 +339,13 @@ def test_retry_budget_bounds_time() -> None:
         raise ConnectionError("down")
 
     start = time.monotonic()
-    with pytest.raises(tracking._RetryBudgetExhausted, match="down"):
-        tracking._retry(always_fails, "op", budget_s=0.4)
+    with pytest.raises(tracking_retry._RetryBudgetExhausted, match="down"):
+        tracking_retry._retry(always_fails, "op", budget_s=0.4)
     assert 0.4 <= time.monotonic() - start < 1.0
 
 
 def test_backoff_delays_double_up_to_cap() -> None:
-    assert [tracking._backoff_delay(i) for i in range(6)] == [0.25, 0.5, 1.0, 2.0, 4.0, 4.0]
+    assert [tracking_retry._backoff_delay(i) for i in range(6)] == [0.25, 0.5, 1.0, 2.0, 4.0, 4.0]
 
 
 # ------------------------------------------------------------------------------------------
@@ -412,9 +413,9 @@ def test_epoch_metrics_logged_tag() -> None:
 
 def test_pack_epochs_keeps_epochs_whole() -> None:
     history = [(0, {"a": 1.0, "b": 2.0}), (1, {"a": 1.0}), (2, {"a": 1.0, "b": 1.0}), (3, {})]
-    batches = tracking._pack_epochs(history, limit=3)
+    batches = tracking_batch._pack_epochs(history, limit=3)
     assert [[epoch for epoch, _ in batch] for batch in batches] == [[0, 1], [2, 3]]
-    assert tracking._pack_epochs([], limit=3) == []
+    assert tracking_batch._pack_epochs([], limit=3) == []
 
 
 # ------------------------------------------------------------------------------------------
