@@ -1,0 +1,60 @@
+"""Summary tables: seeds averaged per case first, golden means/sds, NaN rows excluded."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kdseg.report.tables import comparison_markdown, metric_means, summarise
+
+
+def _rows(stage: str, subset: str, method: str, seed: int, values: dict[str, float],
+          order: int) -> list[dict]:
+    return [{"stage": stage, "subset": subset, "method": method, "fold": 0, "seed": seed,
+             "case": case, "region": "WT", "metric": "dice", "value": v, "empty_state": "none",
+             "row_order": order} for case, v in values.items()]
+
+
+def test_seeds_are_averaged_per_case_before_summarising() -> None:
+    long = pd.DataFrame(
+        _rows("teacher", "all", "teacher", 0, {"a": 0.9, "b": 0.7}, 0)
+        + _rows("student", "t1", "baseline", 0, {"a": 0.2, "b": 0.6}, 1)
+        + _rows("student", "t1", "baseline", 1, {"a": 0.4, "b": 0.8}, 2)
+    )
+    s = summarise(long)
+    assert s[["stage", "method"]].values.tolist() == [["teacher", "teacher"],
+                                                     ["student", "baseline"]]
+    student = s.iloc[1]
+    # per case over seeds: a = 0.3, b = 0.7 -> n = 2 patients (not 4 rows), mean 0.5
+    assert student["n"] == 2
+    assert student["mean"] == pytest.approx(0.5)
+    assert student["sd"] == pytest.approx(math.sqrt(((0.3 - 0.5) ** 2 + (0.7 - 0.5) ** 2) / 1))
+    assert student["median"] == pytest.approx(0.5)
+
+
+def test_nan_values_are_excluded_and_counted() -> None:
+    long = pd.DataFrame(_rows("teacher", "all", "teacher", 0, {"a": 0.5, "b": np.nan, "c": 1.0},
+                              0))
+    row = summarise(long).iloc[0]
+    assert row["n"] == 2 and row["n_excluded"] == 1 and row["mean"] == pytest.approx(0.75)
+
+
+def test_metric_means_for_mlflow() -> None:
+    per_case = pd.DataFrame({
+        "case": ["a", "b", "a", "b"], "region": ["WT", "WT", "ET", "ET"],
+        "metric": ["dice"] * 4, "value": [0.8, 0.6, 0.5, np.nan],
+    })
+    means = metric_means(per_case)
+    assert means == pytest.approx({"test/dice/WT": 0.7, "test/dice/ET": 0.5,
+                                   "test/dice/mean": 0.6})
+
+
+def test_markdown_has_one_row_per_model() -> None:
+    long = pd.DataFrame(_rows("teacher", "all", "teacher", 0, {"a": 0.9, "b": 0.7}, 0)
+                        + _rows("student", "t1", "baseline", 0, {"a": 0.2, "b": 0.6}, 1))
+    md = comparison_markdown(summarise(long))
+    assert "| teacher (all) | 0.800 ± 0.141 (0.800) | 0.800 |" in md
+    assert "| t1 · baseline | 0.400 ± 0.283 (0.400) | 0.400 |" in md
