@@ -14,7 +14,7 @@ import pandas as pd
 from kdseg.cli import main
 
 
-def test_missing_modality_is_one_clear_error(tmp_path: Path, tiny_data: dict, capsys) -> None:  # noqa: ANN001
+def test_missing_modality_is_one_clear_error(tmp_path: Path, tiny_data: dict, capsys) -> None:
     raw = tmp_path / "raw"
     shutil.copytree(tiny_data["raw"], raw)
     victim = sorted(raw.glob("*/*_t2.nii.gz"))[0]
@@ -29,7 +29,7 @@ def test_missing_modality_is_one_clear_error(tmp_path: Path, tiny_data: dict, ca
     assert not out.exists()  # nothing written when validation fails
 
 
-def test_bad_label_value_names_file(tmp_path: Path, tiny_data: dict, capsys) -> None:  # noqa: ANN001
+def test_bad_label_value_names_file(tmp_path: Path, tiny_data: dict, capsys) -> None:
     raw = tmp_path / "raw"
     shutil.copytree(tiny_data["raw"], raw)
     seg_path = sorted(raw.glob("*/*_seg.nii.gz"))[0]
@@ -43,7 +43,7 @@ def test_bad_label_value_names_file(tmp_path: Path, tiny_data: dict, capsys) -> 
     assert code == 2 and str(seg_path) in err and "[3]" in err
 
 
-def test_empty_dataset_folder(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+def test_empty_dataset_folder(tmp_path: Path, capsys) -> None:
     (tmp_path / "empty").mkdir()
     code = main(["preprocess", "--root", str(tmp_path / "empty"), "--out", str(tmp_path / "p"),
                  "--modalities", "t1", "flair"])

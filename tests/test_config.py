@@ -80,8 +80,8 @@ def test_run_configs_resolve_and_round_trip(config: dict, tmp_path: Path) -> Non
     assert teacher["input_modalities"] == ["flair", "t1", "t1ce", "t2"]
     assert student["teacher_dir"] == "results/synthetic/runs/teacher/fold0/seed0"
     assert baseline["teacher_dir"] is None
-    assert student["method"] == {"name": "logit_kd", "kind": "logit_kd", "temperature": 4.0,
-                                 "weight": 1.0}
+    assert student["method"] == {"name": "logit_kd", "kind": "logit_kd", "temperature": 2.0,
+                                 "weight": 0.5}
     path = tmp_path / "run_config.yaml"
     kdcfg.write_run_config(student, path)
     cfg = kdcfg.load_run_config(path)
