@@ -25,6 +25,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from kdseg.distill.options import METHOD_OPTIONS, OptionsError, options_dict, parse_method
+from kdseg.fileio import write_text_atomic
 
 
 class ConfigError(ValueError):
@@ -182,9 +183,7 @@ def write_run_config(data: Mapping[str, Any], path: Path) -> None:
     cfg = _parse(RunConfig, data, "run_config")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    tmp.replace(path)
+    write_text_atomic(yaml.safe_dump(cfg.to_dict(), sort_keys=False), path)
 
 
 def config_hash(data: Mapping[str, Any]) -> str:

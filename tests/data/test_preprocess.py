@@ -364,7 +364,7 @@ def test_failed_write_leaves_no_partial_or_temp_files(tmp_path: Path, monkeypatc
     assert sorted(p.name for p in out.iterdir()) == ["c1_image.npy"]
 
     monkeypatch.setattr(pp.np, "save", real_save)
-    (out / ".kdseg-tmp-c1.json.abc").write_text("left by a killed run")
+    (out / ".c1.partial-0123456789ab.json").write_text("left by a killed run")
     preprocess_dataset(raw, out, MODS, BRATS_LEGACY, progress=False)
     assert sorted(p.name for p in out.iterdir()) == [
         "c1.json",

@@ -20,13 +20,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -55,13 +53,13 @@ from kdseg.data.io import (
     scan_cases,
 )
 from kdseg.data.labels import LabelConvention
+from kdseg.fileio import atomic_path, remove_stale_temp_files
 
 # Bump when preprocessing output changes for the same input: outputs written by another version
 # are then redone instead of resumed.
 PREPROCESS_VERSION = 1
 ZSCORE_STD_FLOOR = 1e-8
 _RAS = axcodes2ornt(("R", "A", "S"))
-_TMP_PREFIX = ".kdseg-tmp-"
 
 Box = tuple[tuple[int, int], ...]
 
@@ -325,32 +323,19 @@ def restore_prediction(
 
 
 # ---------------------------------------------------------------------------------------------
-# Atomic file writing
+# Atomic file writing (kdseg.fileio). Outputs are fsynced before the rename: resume trusts any
+# case whose files exist, so after a power loss a renamed-but-empty .npy or .json must not exist.
 # ---------------------------------------------------------------------------------------------
 
 
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write via a temp file in the same folder + ``os.replace``: readers never see a partial
-    file, and an interrupted run leaves the previous version (or nothing) in place."""
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f"{_TMP_PREFIX}{path.name}.")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    _atomic_write(path, lambda handle: np.save(handle, array, allow_pickle=False))
+    with atomic_path(path, fsync=True) as tmp:
+        np.save(tmp, array, allow_pickle=False)
 
 
 def _atomic_write_bytes(path: Path, content: bytes) -> None:
-    _atomic_write(path, lambda handle: handle.write(content))
+    with atomic_path(path, fsync=True) as tmp:
+        tmp.write_bytes(content)
 
 
 def _json_bytes(obj: Any) -> bytes:
@@ -537,12 +522,6 @@ def _fingerprint(
     }
 
 
-def _remove_stale_temp_files(out_dir: Path) -> None:
-    """Temp files of a killed earlier run (os.replace never happened) are garbage."""
-    for tmp in out_dir.glob(f"{_TMP_PREFIX}*"):
-        tmp.unlink(missing_ok=True)
-
-
 def preprocess_dataset(
     root: Path,
     out_dir: Path,
@@ -579,7 +558,7 @@ def preprocess_dataset(
         raise DataError.from_problems(problems, root)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temp_files(out_dir)
+    remove_stale_temp_files(out_dir)  # left by a killed earlier run: os.replace never happened
     records = []
     for files, record in tqdm(
         list(zip(cases, reusable, strict=True)),

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from kdseg.fileio import write_text_atomic
+
 
 def make_splits(cases: Sequence[str], folds: int, test_fraction: float, val_fraction: float,
                 seed: int) -> list[dict[str, list[str]]]:
@@ -49,10 +51,9 @@ def make_splits(cases: Sequence[str], folds: int, test_fraction: float, val_frac
 
 
 def write_splits(splits: list[dict], path: Path) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(splits, indent=1))
-    tmp.replace(path)
+    """Write the output of :func:`make_splits` to ``path`` as JSON, atomically."""
+    # Plain json.dumps (no default=str): a non-JSON value here is a bug, not something to coerce.
+    write_text_atomic(json.dumps(splits, indent=1), path)
 
 
 def load_fold(path: Path, fold: int) -> dict[str, list[str]]:

@@ -23,10 +23,6 @@ The generative process and the contrast table are documented in ``docs/synthetic
 from __future__ import annotations
 
 import json
-import os
-import uuid
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
 from pathlib import Path
@@ -40,6 +36,7 @@ from scipy.special import expit
 from tqdm import tqdm
 
 from kdseg.data.labels import BRATS_LEGACY
+from kdseg.fileio import TEMP_GLOB, atomic_path, remove_stale_temp_files, write_text_atomic
 
 MODALITIES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
 GENERATOR_VERSION = "1"
@@ -707,38 +704,15 @@ def case_paths(out_dir: Path, index: int) -> dict[str, Path]:
     return {key: out_dir / cid / f"{cid}_{key}.nii.gz" for key in (*MODALITIES, "seg")}
 
 
-_TMP_MARK = ".partial-"  # in every temporary file name, so stale ones can be found and removed
-
-
-@contextmanager
-def _atomic_path(target: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``target``; move it onto ``target`` only on success.
-
-    The temporary name is hidden (leading dot), carries ``_TMP_MARK`` and a random part, and
-    keeps ``target``'s suffix (nibabel picks gzip from ``.nii.gz``). Unlike ``tempfile.mkstemp``
-    the file is created by the writer, so it gets the usual umask permissions, not 0600.
-    """
-    stem, dot, extension = target.name.partition(".")  # "SYN_0000_t1", ".", "nii.gz"
-    tmp = target.with_name(f".{stem}{_TMP_MARK}{uuid.uuid4().hex[:12]}{dot}{extension}")
-    try:
-        yield tmp
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _write_json_atomic(path: Path, payload: Mapping[str, object]) -> None:
-    with _atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(payload, indent=2) + "\n")
-
-
-def _manifest(spec: SyntheticSpec, complete: bool) -> dict[str, object]:
-    return {
+def _write_manifest(path: Path, spec: SyntheticSpec, complete: bool) -> None:
+    """Write ``synthetic.json`` atomically: generator, its version, the spec, completeness."""
+    manifest = {
         "generator": "kdseg.data.synthetic",
         "generator_version": GENERATOR_VERSION,
         "spec": asdict(spec),
         "complete": complete,
     }
+    write_text_atomic(json.dumps(manifest, indent=2) + "\n", path)
 
 
 def _check_existing(out_dir: Path, spec: SyntheticSpec) -> None:
@@ -746,7 +720,7 @@ def _check_existing(out_dir: Path, spec: SyntheticSpec) -> None:
     files without a manifest (e.g. a real dataset: never write cases into it)."""
     path = out_dir / MANIFEST_NAME
     if not path.exists():
-        if any(_TMP_MARK not in entry.name for entry in out_dir.iterdir()):
+        if any(not entry.match(TEMP_GLOB) for entry in out_dir.iterdir()):
             raise SyntheticDatasetMismatchError(
                 f"{out_dir} is not empty and has no {MANIFEST_NAME}, so it is not a synthetic "
                 f"dataset folder; refusing to write into it. Choose an empty or new folder."
@@ -793,7 +767,7 @@ def synthesize_dataset(out_dir: Path, spec: SyntheticSpec, progress: bool = True
     if not manifest_path.exists():
         # Written before the first case so a later run with other settings is refused even if
         # this one is interrupted.
-        _write_json_atomic(manifest_path, _manifest(spec, complete=False))
+        _write_manifest(manifest_path, spec, complete=False)
 
     ids = [case_id(i) for i in range(spec.n_cases)]
     for index in tqdm(range(spec.n_cases), desc="synthetic cases", disable=not progress):
@@ -802,10 +776,9 @@ def synthesize_dataset(out_dir: Path, spec: SyntheticSpec, progress: bool = True
             continue
         folder = out_dir / ids[index]
         folder.mkdir(exist_ok=True)
-        for stale in folder.glob(f".*{_TMP_MARK}*"):  # left behind by a killed run
-            stale.unlink()
+        remove_stale_temp_files(folder)  # left behind by a killed run
         for key, image in synthesize_case(spec, index).items():
-            with _atomic_path(paths[key]) as tmp:
+            with atomic_path(paths[key]) as tmp:
                 nib.save(image, tmp)
-    _write_json_atomic(manifest_path, _manifest(spec, complete=True))
+    _write_manifest(manifest_path, spec, complete=True)
     return ids

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from kdseg.config import InferenceConfig, parse_run_config
 from kdseg.data.labels import get_convention
 from kdseg.data.preprocess import CaseGeometry, load_preprocessed, restore_prediction
+from kdseg.fileio import atomic_path
 from kdseg.models.factory import build_network
 from kdseg.training import checkpoint
 
@@ -88,8 +89,7 @@ def predict_run(run_dir: Path, cases: Sequence[str], out_dir: Path,
             classes = predict_classes(net, x, cfg.train.patch_size, cfg.inference, device,
                                       cfg.train.amp)
             img = restore_prediction(classes, CaseGeometry.from_dict(meta), convention)
-            tmp = out_dir / f".{case}.tmp.nii.gz"
-            nib.save(img, tmp)
-            tmp.replace(target)
+            with atomic_path(target) as tmp:
+                nib.save(img, tmp)
         written.append(target)
     return written

@@ -9,11 +9,12 @@ Both load with ``torch.load(..., weights_only=True)``: no pickled code is execut
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from kdseg.fileio import atomic_path
 
 LAST = "checkpoint_last.pt"
 FINAL = "model.pt"
@@ -21,10 +22,8 @@ FINAL = "model.pt"
 
 def save_atomic(obj: dict[str, Any], path: Path) -> None:
     """``torch.save`` to a temp file in the same folder, then rename: never a half-written file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import resource
@@ -10,9 +9,11 @@ import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 import torch
+
+# Re-exported: the CLI and the training loop write run.json / metrics through this module.
+from kdseg.fileio import write_json_atomic as write_json_atomic
 
 _PACKAGES = ("kdseg", "torch", "monai", "numpy", "scipy", "nibabel", "pandas", "mlflow")
 
@@ -53,9 +54,3 @@ def peak_memory_mb(device: torch.device) -> dict[str, float]:
         out["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return out
 
-
-def write_json_atomic(data: dict[str, Any], path: Path) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    tmp.replace(path)
