@@ -91,7 +91,7 @@ def test_run_configs_resolve_and_round_trip(config: dict, tmp_path: Path) -> Non
 
 def test_changing_one_method_changes_only_its_run_configs(config: dict) -> None:
     before = {m: kdcfg.student_run_config(config, "t1", m, 0, 0) for m in ("baseline", "logit_kd")}
-    config["methods"]["logit_kd"]["temperature"] = 2.0
+    config["methods"]["logit_kd"]["temperature"] = 3.0
     after = {m: kdcfg.student_run_config(config, "t1", m, 0, 0) for m in ("baseline", "logit_kd")}
     assert before["baseline"] == after["baseline"]
     assert before["logit_kd"] != after["logit_kd"]

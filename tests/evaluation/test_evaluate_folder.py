@@ -227,3 +227,11 @@ def test_unknown_empty_rule_fails_before_work(dirs: tuple[Path, Path], tmp_path:
     with pytest.raises(ValueError, match="unknown empty_rule"):
         evaluate_folder(pred_dir, ref_dir, BRATS_LEGACY, "zero", out_csv=out_csv, progress=False)
     assert not out_csv.exists()
+
+
+def test_hidden_temp_files_of_an_interrupted_writer_are_not_cases(tmp_path: Path) -> None:
+    from kdseg.evaluation.evaluate import discover_cases
+
+    (tmp_path / "A.nii.gz").write_bytes(b"")
+    (tmp_path / ".B.partial-0123456789ab.nii.gz").write_bytes(b"")
+    assert discover_cases(tmp_path) == ["A"]

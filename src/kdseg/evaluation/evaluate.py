@@ -12,9 +12,7 @@ cases run before any metric is computed, so a missing file fails fast.
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +24,7 @@ from tqdm import tqdm
 
 from kdseg.data.labels import LabelConvention
 from kdseg.evaluation.metrics import check_empty_rule, evaluate_case
+from kdseg.fileio import atomic_path
 
 NIFTI_SUFFIX = ".nii.gz"
 COLUMNS: tuple[str, ...] = ("case", "region", "metric", "value", "empty_state", "empty_rule")
@@ -35,10 +34,15 @@ AFFINE_ATOL = 1e-3
 
 
 def discover_cases(pred_dir: Path) -> list[str]:
-    """Sorted case ids of all ``*.nii.gz`` files in ``pred_dir``; raise if there are none."""
+    """Sorted case ids of all ``*.nii.gz`` files in ``pred_dir``; raise if there are none.
+
+    Hidden files are skipped: they are temporary files of an interrupted writer
+    (:func:`kdseg.fileio.atomic_path`), not predictions.
+    """
     if not pred_dir.is_dir():
         raise ValueError(f"{pred_dir}: prediction folder does not exist")
-    cases = sorted(p.name.removesuffix(NIFTI_SUFFIX) for p in pred_dir.glob(f"*{NIFTI_SUFFIX}"))
+    cases = sorted(p.name.removesuffix(NIFTI_SUFFIX) for p in pred_dir.glob(f"*{NIFTI_SUFFIX}")
+                   if not p.name.startswith("."))
     if not cases:
         raise ValueError(f"{pred_dir}: prediction folder holds no *{NIFTI_SUFFIX} files")
     return cases
@@ -137,14 +141,8 @@ def write_csv_atomic(df: pd.DataFrame, out_csv: Path) -> None:
     or a later summary step would otherwise pick up as complete.
     """
     out_csv.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=out_csv.parent, prefix=f".{out_csv.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            df.to_csv(handle, index=False)
-        os.replace(tmp_name, out_csv)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_path(out_csv) as tmp:
+        df.to_csv(tmp, index=False)
 
 
 def _check_case_list(cases: Sequence[str]) -> None:

@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from kdseg.fileio import atomic_path, write_text_atomic
+
 ID_COLUMNS = ["stage", "subset", "method", "fold", "seed"]
 
 
@@ -110,7 +112,9 @@ def write_summary(run_dirs: Sequence[Path], out_dir: Path) -> tuple[pd.DataFrame
     long = collect_metrics(run_dirs)
     summary = summarise(long)
     markdown = comparison_markdown(summary)
-    long.drop(columns="row_order").to_csv(out_dir / "metrics_long.csv", index=False)
-    summary.to_csv(out_dir / "comparison.csv", index=False)
-    (out_dir / "comparison.md").write_text(markdown)
+    with atomic_path(out_dir / "metrics_long.csv") as tmp:
+        long.drop(columns="row_order").to_csv(tmp, index=False)
+    with atomic_path(out_dir / "comparison.csv") as tmp:
+        summary.to_csv(tmp, index=False)
+    write_text_atomic(markdown, out_dir / "comparison.md")
     return summary, markdown

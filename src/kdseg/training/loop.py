@@ -38,6 +38,7 @@ from kdseg.data.splits import load_fold
 from kdseg.distill.base import Distiller
 from kdseg.distill.registry import build_distiller
 from kdseg.evaluation.metrics import dice
+from kdseg.fileio import atomic_path
 from kdseg.inference.predict import predict_classes
 from kdseg.models.factory import NetOutput, build_network, forward_with_taps
 from kdseg.tracking import epoch_metrics_logged_tag
@@ -225,7 +226,8 @@ class Trainer:
             row["time/epoch_s"] = time.perf_counter() - t0
             self.history.append(row)
             checkpoint.save_atomic(self.state(), self.run_dir / checkpoint.LAST)
-            pd.DataFrame(self.history).to_csv(self.run_dir / "history.csv", index=False)
+            with atomic_path(self.run_dir / "history.csv") as tmp:
+                pd.DataFrame(self.history).to_csv(tmp, index=False)
             log.info("epoch %d/%d %s", epoch + 1, train.epochs,
                      " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
             if self.tracker is not None:
