@@ -160,8 +160,8 @@ def test_rerun_does_nothing_and_method_change_reruns_only_that_method(
     nothing = snakemake("-n", "--cores", "2", configs=(cfg,), cwd=workdir)
     assert "Nothing to be done" in nothing.stdout + nothing.stderr
     changed = yaml.safe_load(cfg.read_text())
-    changed["methods"] = {"logit_kd": {"kind": "logit_kd", "temperature": 2.0}}
-    cfg2 = write_config(workdir / "tiny_t2.yaml", changed)
+    changed["methods"] = {"logit_kd": {"kind": "logit_kd", "temperature": 3.0}}  # not the default
+    cfg2 = write_config(workdir / "tiny_t3.yaml", changed)
     counts = job_counts(snakemake("-n", "--cores", "2", configs=(cfg, cfg2), cwd=workdir).stdout)
     assert counts == {"student_run_config": 2, "train_student": 2, "predict": 2, "evaluate": 2,
                       "summarize": 1, "all": 1, "total": 10}
