@@ -119,3 +119,11 @@ def test_nested_type_error_names_key(config: dict) -> None:
     config["train"]["batch_size"] = 2.5
     with pytest.raises(kdcfg.ConfigError, match=r"train\.batch_size must be int"):
         kdcfg.check_config(config)
+
+
+def test_patch_not_divisible_by_network_depth_is_refused(config: dict) -> None:
+    config["model"]["filters"] = [4, 8, 16, 32]  # three halvings -> multiples of 8
+    config["train"]["patch_size"] = [32, 32, 36]
+    expected = r"train\.patch_size \[32, 32, 36\] must be divisible by 8"
+    with pytest.raises(kdcfg.ConfigError, match=expected):
+        kdcfg.check_config(config)

@@ -567,6 +567,15 @@ def test_mark_stale_runs(store: Store, client, tmp_path) -> None:
         mark_stale_runs(store.uri, experiment_id, "a")
 
 
+def test_mark_stale_runs_leaves_other_datasets_alone(store: Store, client, tmp_path) -> None:
+    experiment_id = init_tracking(store.uri, "stale-prefix-exp", tmp_path)
+    ids = {key: RunTracker.open(store.uri, experiment_id, key, key, {}, {}).run_id
+           for key in ("dsA/run1", "dsA/run2", "dsB/run1")}
+    assert mark_stale_runs(store.uri, experiment_id, ["dsA/run1"], key_prefix="dsA/") == 1
+    flags = {key: client.get_run(rid).data.tags.get(CURRENT_TAG) for key, rid in ids.items()}
+    assert flags == {"dsA/run1": "true", "dsA/run2": "false", "dsB/run1": None}
+
+
 def test_mark_stale_runs_unreachable_never_raises(caplog) -> None:
     with caplog.at_level(logging.WARNING, logger="kdseg.tracking"):
         assert mark_stale_runs(UNREACHABLE, "1", ["a"], retry_budget_s=SHORT_BUDGET_S) == 0

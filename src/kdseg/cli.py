@@ -103,6 +103,7 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     from kdseg.tracking import sync_run_folder
     from kdseg.training.runinfo import write_json_atomic
 
+    tracking = _tracking(a.tracking)  # read first: a bad --tracking path fails before any work
     run_dir = Path(a.run_dir)
     cfg = load_run_config(run_dir / "run_config.yaml")
     cases = load_fold(Path(cfg.splits_file), cfg.fold)["test"]
@@ -111,7 +112,6 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     means = metric_means(df, prefix="test")
     write_json_atomic(means, run_dir / "test_metrics.json")
     print(json.dumps(means, indent=1))
-    tracking = _tracking(a.tracking)
     if tracking:
         sync_run_folder(run_dir, tracking["uri"], tracking["experiment_id"])
 
@@ -129,14 +129,16 @@ def cmd_evaluate_folder(a: argparse.Namespace) -> None:
 def cmd_summarize(a: argparse.Namespace) -> None:
     from kdseg.report.tables import write_summary
 
+    tracking = _tracking(a.tracking)  # read first: a bad --tracking path fails before any work
     _, markdown = write_summary([Path(r) for r in a.runs], Path(a.out_dir))
-    tracking = _tracking(a.tracking)
     if tracking:
-        from kdseg.config import load_run_config, run_key
         from kdseg.tracking import mark_stale_runs
 
-        keys = [run_key(load_run_config(Path(r) / "run_config.yaml")) for r in a.runs]
-        mark_stale_runs(tracking["uri"], tracking["experiment_id"], keys)
+        infos = [json.loads((Path(r) / "run.json").read_text()) for r in a.runs]
+        datasets = {info["tags"]["kdseg.dataset"] for info in infos}
+        mark_stale_runs(tracking["uri"], tracking["experiment_id"],
+                        [info["run_key"] for info in infos],
+                        key_prefix=f"{datasets.pop()}/" if len(datasets) == 1 else "")
     print(markdown)
 
 
@@ -224,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
+    except (ValueError, FileNotFoundError) as err:  # expected problems; bugs keep a traceback
         if args.debug:
             raise
         print(f"kdseg {args.command}: error: {err}", file=sys.stderr)

@@ -192,10 +192,15 @@ def config_hash(data: Mapping[str, Any]) -> str:
     return hashlib.sha1(blob).hexdigest()[:10]
 
 
-def run_key(cfg: RunConfig) -> str:
-    """Deterministic identity of a training job: reruns of the same job find the same MLflow run."""
-    return (f"{cfg.dataset}/{cfg.stage}/{cfg.subset}/{cfg.method_name}/fold{cfg.fold}"
-            f"/seed{cfg.seed}/{config_hash(cfg.to_dict())}")
+def run_key(cfg: RunConfig, inputs: str = "") -> str:
+    """Deterministic identity of a training job: reruns of the same job find the same MLflow run.
+
+    ``inputs`` is the fingerprint of the job's input data (``training.loop.input_fingerprint``),
+    so a job retrained on new data or from a new teacher gets a new run.
+    """
+    key = (f"{cfg.dataset}/{cfg.stage}/{cfg.subset}/{cfg.method_name}/fold{cfg.fold}"
+           f"/seed{cfg.seed}/{config_hash(cfg.to_dict())}")
+    return f"{key}-{inputs}" if inputs else key
 
 
 # --------------------------------------------------------------------------- workflow config
@@ -267,11 +272,16 @@ def check_config(config: Mapping[str, Any]) -> None:
         raise ConfigError(f"dataset.modalities: repeated names in {modalities}")
     student_subsets(config)
     resolved_methods(config)
-    for key in ("train", "model", "inference"):
-        _parse({"train": TrainConfig, "model": ModelConfig, "inference": InferenceConfig}[key],
-               config.get(key, {}), key)
-    _parse(TrainConfig, {**config.get("train", {}), **config["teacher"].get("train", {})},
-           "teacher.train")
+    model = _parse(ModelConfig, config.get("model", {}), "model")
+    _parse(InferenceConfig, config.get("inference", {}), "inference")
+    factor = 2 ** (len(model.filters) - 1)  # the U-Net halves the patch len(filters)-1 times
+    for where, block in (("train", config.get("train", {})),
+                         ("teacher.train", {**config.get("train", {}),
+                                            **config["teacher"].get("train", {})})):
+        train = _parse(TrainConfig, block, where)
+        if any(p % factor for p in train.patch_size):
+            raise ConfigError(f"{where}.patch_size {list(train.patch_size)} must be divisible by "
+                              f"{factor} (2 ** (len(model.filters) - 1))")
     if config["splits"]["folds"] < 1:
         raise ConfigError("splits.folds must be >= 1")
 

@@ -109,9 +109,12 @@ def test_nan_rule_round_trips_through_csv(dirs: tuple[Path, Path], tmp_path: Pat
     )
     empty_rows = df[df["empty_state"] != "none"]
     assert len(empty_rows) == 2 * 2 + 2  # b: TC, ET both empty; c: ET pred empty
-    assert empty_rows["value"].isna().all()
+    # NaN everywhere except the Dice of the missed region (c, ET), which is a well-defined 0
+    missed_dice = (empty_rows["empty_state"] == "pred_empty") & (empty_rows["metric"] == "dice")
+    assert (empty_rows.loc[missed_dice, "value"] == 0.0).all() and missed_dice.sum() == 1
+    assert empty_rows.loc[~missed_dice, "value"].isna().all()
     assert df.loc[df["empty_state"] == "none", "value"].notna().all()
-    assert pd.read_csv(out_csv)["value"].isna().sum() == len(empty_rows)
+    assert pd.read_csv(out_csv)["value"].isna().sum() == len(empty_rows) - 1
 
 
 def test_case_subset_in_given_order(dirs: tuple[Path, Path]):

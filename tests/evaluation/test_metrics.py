@@ -171,7 +171,11 @@ def test_nan_rule(pred_empty: bool, ref_empty: bool):
     result = region_metrics(
         empty if pred_empty else full, empty if ref_empty else full, (1, 1, 1), "nan"
     )
-    assert math.isnan(result["dice"])
+    # Dice is undefined only when both masks are empty; a missed or hallucinated region is 0.
+    if pred_empty and ref_empty:
+        assert math.isnan(result["dice"])
+    else:
+        assert result["dice"] == 0.0
     assert math.isnan(result["hd95"])
     assert result["empty_state"] != "none"
 

@@ -88,3 +88,62 @@ def test_student_with_logit_kd_and_prediction_geometry(tmp_path: Path, tiny_data
     assert out.shape == ref.shape
     assert (out.affine == ref.affine).all()
     assert set(map(int, pd.unique(out.get_fdata().ravel()))) <= {0, 1, 2, 4}
+
+
+@pytest.mark.parametrize("kind", ["kdnet", "pmkl"])
+def test_published_methods_train_end_to_end(tmp_path: Path, tiny_data: dict, make_run_config,
+                                            teacher_dir: Path, kind: str) -> None:
+    """Feature taps, heads in the optimizer, every term logged in history.csv."""
+    from kdseg.distill.options import options_dict, parse_method
+
+    run_dir = tmp_path / kind
+    method = {"name": kind, **options_dict(*parse_method(kind, {}))}
+    write_run_config(make_run_config(tiny_data, stage="student", subset="flair+t1ce", method=method,
+                                     teacher_dir=str(teacher_dir), epochs=1),
+                     run_dir / "run_config.yaml")
+    train_run(run_dir, threads=1)
+    history = pd.read_csv(run_dir / "history.csv")
+    expected = {"kdnet": ["train/kd_logit", "train/kd_latent"],
+                "pmkl": ["train/kd_pixel", "train/kd_contrast"]}[kind]
+    for column in expected:
+        assert history[column].notna().all() and (history[column] >= 0).all()
+    state = checkpoint.load(run_dir / checkpoint.LAST)
+    assert bool(state["distiller"]) == (kind == "pmkl")  # pmkl's projection heads are saved
+
+
+def test_rerun_after_input_change_does_not_resume_stale_weights(
+        tmp_path: Path, tiny_data: dict, make_run_config) -> None:
+    """Same run config, new split contents (as after changing n_cases): the finished checkpoint
+    must be moved aside and the run retrained, not 'resumed' with zero epochs left."""
+    splits_file = tmp_path / "splits.json"
+    shutil.copy(tiny_data["splits"], splits_file)
+    run_dir = tmp_path / "run"
+    write_run_config({**make_run_config(tiny_data, epochs=1), "splits_file": str(splits_file)},
+                     run_dir / "run_config.yaml")
+    train_run(run_dir, threads=1)
+    fold = json.loads(splits_file.read_text())[0]
+    splits_file.write_text(json.dumps([{**fold, "train": fold["train"][:-1],
+                                        "val": fold["val"] + fold["train"][-1:]}]))
+    for name in ("model.pt", "history.csv", "run.json"):  # what Snakemake deletes on a rerun
+        (run_dir / name).unlink()
+    train_run(run_dir, threads=1)
+    assert json.loads((run_dir / "run.json").read_text())["resumed_from_epoch"] == 0
+    assert list(run_dir.glob("checkpoint_stale_*.pt"))
+    assert pd.read_csv(run_dir / "history.csv")["epoch"].tolist() == [0]
+
+
+def test_finished_checkpoint_without_model_is_completed(tmp_path: Path, tiny_data: dict,
+                                                       make_run_config, teacher_dir: Path) -> None:
+    """Killed after the last checkpoint but before model.pt: the rerun writes model.pt and
+    history.csv from the checkpoint without training again."""
+    run_dir = tmp_path / "run"
+    write_run_config(make_run_config(tiny_data), run_dir / "run_config.yaml")
+    shutil.copy(teacher_dir / checkpoint.LAST, run_dir / checkpoint.LAST)
+    train_run(run_dir, threads=1)
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["resumed_from_epoch"] == 2
+    assert pd.read_csv(run_dir / "history.csv")["epoch"].tolist() == [0, 1]
+    resumed, _ = checkpoint.load_model_file(run_dir / "model.pt")
+    full, _ = checkpoint.load_model_file(teacher_dir / "model.pt")
+    for key in full:
+        torch.testing.assert_close(resumed[key], full[key], msg=key)

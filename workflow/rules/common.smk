@@ -65,6 +65,3 @@ def all_runs():
     ]
     return runs
 
-
-def tracking_arg():
-    return f"--tracking {TRACKING_JSON}" if config["tracking"]["enabled"] else ""

@@ -28,10 +28,9 @@ rule evaluate:
     params:
         references=raw_root(),
         empty_rule=config["evaluation"]["empty_rule"],
-        tracking=tracking_arg(),
     log:
         f"{LOGS}/{{run}}.evaluate.log",
     shell:
         "python -m kdseg evaluate --run-dir $(dirname {input.predictions})"
         " --predictions {input.predictions} --references {params.references}"
-        " --out {output} --empty-rule {params.empty_rule} {params.tracking} > {log} 2>&1"
+        " --out {output} --empty-rule {params.empty_rule} --tracking {input.tracking} > {log} 2>&1"

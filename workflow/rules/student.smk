@@ -30,8 +30,6 @@ rule train_student:
         model=f"{DATA}/runs/student/{{subset}}/{{method}}/fold{{fold}}/seed{{seed}}/model.pt",
         history=f"{DATA}/runs/student/{{subset}}/{{method}}/fold{{fold}}/seed{{seed}}/history.csv",
         info=f"{DATA}/runs/student/{{subset}}/{{method}}/fold{{fold}}/seed{{seed}}/run.json",
-    params:
-        tracking=tracking_arg(),
     threads: config["resources"]["train_threads"]
     resources:
         gpu=config["resources"]["gpu_per_training_job"],
@@ -42,5 +40,5 @@ rule train_student:
     benchmark:
         f"{DATA}/benchmarks/student/{{subset}}/{{method}}/fold{{fold}}_seed{{seed}}.train.tsv"
     shell:
-        "python -m kdseg train --run-dir $(dirname {input.run_config}) {params.tracking}"
+        "python -m kdseg train --run-dir $(dirname {input.run_config}) --tracking {input.tracking}"
         " --threads {threads} > {log} 2>&1"

@@ -11,9 +11,8 @@ rule summarize:
         markdown=f"{DATA}/summary/comparison.md",
     params:
         runs=" ".join(all_runs()),
-        tracking=tracking_arg(),
     log:
         f"{LOGS}/summarize.log",
     shell:
         "python -m kdseg summarize --runs {params.runs} --out-dir $(dirname {output.table})"
-        " {params.tracking} > {log} 2>&1"
+        " --tracking {input.tracking} > {log} 2>&1"

@@ -27,8 +27,6 @@ rule train_teacher:
         model=f"{DATA}/runs/teacher/fold{{fold}}/seed{{seed}}/model.pt",
         history=f"{DATA}/runs/teacher/fold{{fold}}/seed{{seed}}/history.csv",
         info=f"{DATA}/runs/teacher/fold{{fold}}/seed{{seed}}/run.json",
-    params:
-        tracking=tracking_arg(),
     threads: config["resources"]["train_threads"]
     resources:
         gpu=config["resources"]["gpu_per_training_job"],
@@ -39,5 +37,5 @@ rule train_teacher:
     benchmark:
         f"{DATA}/benchmarks/teacher/fold{{fold}}_seed{{seed}}.train.tsv"
     shell:
-        "python -m kdseg train --run-dir $(dirname {input.run_config}) {params.tracking}"
+        "python -m kdseg train --run-dir $(dirname {input.run_config}) --tracking {input.tracking}"
         " --threads {threads} > {log} 2>&1"

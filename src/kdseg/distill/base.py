@@ -8,6 +8,7 @@ loss, sums everything and logs every term; it never branches on the method's nam
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import ClassVar
 
 import torch
@@ -30,7 +31,8 @@ class Distiller(nn.Module):
     student_taps: ClassVar[tuple[str, ...]] = ()
     teacher_taps: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, options: MethodOptions) -> None:
+    def __init__(self, options: MethodOptions, channels: Mapping[str, int]) -> None:
+        """``channels``: feature tap name -> channel count of that feature (for heads)."""
         super().__init__()
         if not isinstance(options, self.options_type):
             raise TypeError(

@@ -54,9 +54,58 @@ class LogitKDOptions(MethodOptions):
             raise OptionsError(f"{where}.weight must be >= 0, got {self.weight}")
 
 
+@dataclass(frozen=True)
+class KDNetOptions(MethodOptions):
+    """``kdnet``: KD-Net (Hu et al., MICCAI 2020), generalized distillation from a frozen teacher.
+
+    ``kd_weight · soft_kl(T) + latent_weight · latent_kl(bottleneck)``. The paper's weights and
+    temperature are not public (docs/methods.md): the defaults equal ``logit_kd``'s so that
+    ``kdnet`` minus ``logit_kd`` isolates the latent term; ``latent_weight: 0`` is the ablation
+    without it.
+    """
+
+    needs_teacher: ClassVar[bool] = True
+    temperature: float = 2.0
+    kd_weight: float = 0.5
+    latent_weight: float = 1.0
+
+    def validate(self, where: str) -> None:
+        if self.temperature <= 0:
+            raise OptionsError(f"{where}.temperature must be > 0, got {self.temperature}")
+        for name in ("kd_weight", "latent_weight"):
+            if getattr(self, name) < 0:
+                raise OptionsError(f"{where}.{name} must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class PMKLOptions(MethodOptions):
+    """``pmkl``: Chen et al. (IEEE TMI 2022), pixel-level regularized KD + image-level
+    contrastive KD from a frozen teacher. Defaults from the official code (T=10, 0.5/0.5,
+    margin 1, 16-d embeddings); the projection input is globally average-pooled instead of the
+    original patch-size-tied 40³ pooling (flagged deviation)."""
+
+    needs_teacher: ClassVar[bool] = True
+    temperature: float = 10.0
+    rkd_weight: float = 0.5
+    ckd_weight: float = 0.5
+    margin: float = 1.0
+    embedding_dim: int = 16
+
+    def validate(self, where: str) -> None:
+        if self.temperature <= 0:
+            raise OptionsError(f"{where}.temperature must be > 0, got {self.temperature}")
+        for name in ("rkd_weight", "ckd_weight", "margin"):
+            if getattr(self, name) < 0:
+                raise OptionsError(f"{where}.{name} must be >= 0, got {getattr(self, name)}")
+        if self.embedding_dim < 1:
+            raise OptionsError(f"{where}.embedding_dim must be >= 1, got {self.embedding_dim}")
+
+
 METHOD_OPTIONS: dict[str, type[MethodOptions]] = {
     "baseline": BaselineOptions,
     "logit_kd": LogitKDOptions,
+    "kdnet": KDNetOptions,
+    "pmkl": PMKLOptions,
 }
 """Registry of method kinds -> options class. ``kdseg.distill.METHODS`` mirrors its keys."""
 

@@ -8,25 +8,32 @@ from __future__ import annotations
 
 from typing import Any
 
+from kdseg.config import ModelConfig
 from kdseg.distill.base import Distiller
 from kdseg.distill.baseline import Baseline
+from kdseg.distill.kdnet import KDNet
 from kdseg.distill.logit_kd import LogitKD
 from kdseg.distill.options import METHOD_OPTIONS, parse_method
+from kdseg.distill.pmkl import PMKL
+from kdseg.models.factory import tap_channels
 
 METHODS: dict[str, type[Distiller]] = {
     "baseline": Baseline,
     "logit_kd": LogitKD,
+    "kdnet": KDNet,
+    "pmkl": PMKL,
 }
 
 assert set(METHODS) == set(METHOD_OPTIONS), "METHODS and METHOD_OPTIONS must list the same kinds"
 
 
-def build_distiller(block: dict[str, Any]) -> Distiller:
-    """Build a method from a resolved block ``{"name": .., "kind": .., <options>}``."""
+def build_distiller(block: dict[str, Any], model: ModelConfig) -> Distiller:
+    """Build a method from a resolved block ``{"name": .., "kind": .., <options>}`` for
+    networks built from ``model`` (heads need the tapped features' channel counts)."""
     block = dict(block)
     name = block.pop("name", block.get("kind"))
     kind, options = parse_method(str(name), block)
-    return METHODS[kind](options)
+    return METHODS[kind](options, tap_channels(model))
 
 
 __all__ = ["METHODS", "Distiller", "build_distiller"]

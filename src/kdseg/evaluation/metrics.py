@@ -35,8 +35,9 @@ EMPTY_RULES: tuple[str, ...] = ("brats", "nan")
 """Empty-mask rules for :func:`region_metrics`.
 
 ``"brats"`` (legacy BraTS, default): both masks empty -> Dice 1, HD95 0; exactly one empty ->
-Dice 0, HD95 = image diagonal in mm. ``"nan"``: any empty mask -> Dice and HD95 NaN (the row is
-kept with its ``empty_state``; callers exclude NaN from means).
+Dice 0, HD95 = image diagonal in mm. ``"nan"``: both empty -> Dice NaN; exactly one empty ->
+Dice 0 (well defined); HD95 NaN whenever a mask is empty (the row is kept with its
+``empty_state``; callers exclude NaN from means).
 """
 
 EMPTY_STATES: tuple[str, ...] = ("none", "both_empty", "pred_empty", "ref_empty")
@@ -178,7 +179,9 @@ def _empty_rule_values(
 ) -> tuple[float, float]:
     """(dice, hd95) that ``empty_rule`` assigns to a case in empty ``state`` (not ``"none"``)."""
     if empty_rule == "nan":
-        return math.nan, math.nan
+        # Dice is defined (0) when exactly one mask is empty: a missed or hallucinated tumour
+        # must not drop out of the mean. Only both-empty Dice and any empty HD95 are undefined.
+        return (math.nan if state == "both_empty" else 0.0), math.nan
     if state == "both_empty":
         return 1.0, 0.0
     return 0.0, image_diagonal_mm(shape, spacing)

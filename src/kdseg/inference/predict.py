@@ -74,7 +74,11 @@ def predict_run(run_dir: Path, cases: Sequence[str], out_dir: Path,
 
     Files are written atomically; a case whose prediction exists is skipped (resume).
     """
-    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device is None:
+        from kdseg.config import load_run_config
+        from kdseg.training.loop import select_device
+
+        device = select_device(load_run_config(Path(run_dir) / "run_config.yaml").train.device)
     net, cfg = load_model(run_dir, device)
     convention = get_convention(cfg.labels)
     out_dir = Path(out_dir)

@@ -72,6 +72,16 @@ def tap_modules(net: DynUNet) -> dict[str, nn.Module]:
     return taps
 
 
+def tap_channels(model: ModelConfig) -> dict[str, int]:
+    """Tap name -> channels of that feature for networks built by :func:`build_network`."""
+    filters = list(model.filters)
+    channels = {"bottleneck": filters[-1]}
+    decoder = filters[-2::-1]  # decoder stage i (0 = deepest) outputs filters[-2 - i] channels
+    channels.update({f"decoder_{i}": c for i, c in enumerate(decoder)})
+    channels["decoder_last"] = filters[0]
+    return channels
+
+
 def available_taps(net: DynUNet) -> list[str]:
     return list(tap_modules(net))
 

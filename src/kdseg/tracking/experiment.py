@@ -99,12 +99,15 @@ def mark_stale_runs(
     experiment_id: str,
     current_run_keys: Iterable[str],
     *,
+    key_prefix: str = "",
     retry_budget_s: float | None = None,
 ) -> int:
     """Tag the experiment's kdseg runs ``kdseg.current`` = "true"/"false".
 
     A run is current when its ``kdseg.run_key`` is in ``current_run_keys``; runs without a run
-    key (not made by kdseg) are left alone, and tags already right are not rewritten.
+    key (not made by kdseg) and runs whose key does not start with ``key_prefix`` (e.g. another
+    dataset's ``"<dataset>/"``, sharing the experiment) are left alone, and tags already right
+    are not rewritten.
 
     Returns:
         The number of stale (non-current) kdseg runs tagged "false", including those that were
@@ -123,7 +126,7 @@ def mark_stale_runs(
         client = _retry(lambda: _new_client(uri), "connect", budget)
         for run in _iter_runs(client, experiment_id, budget):
             run_key = run.data.tags.get(RUN_KEY_TAG)
-            if run_key is None:
+            if run_key is None or not run_key.startswith(key_prefix):
                 continue
             flag = "true" if run_key in current else "false"
             if run.data.tags.get(CURRENT_TAG) != flag:

@@ -14,6 +14,8 @@ declares which feature taps it reads and whether it needs the frozen teacher.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import random
@@ -51,7 +53,7 @@ def select_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device={name!r} but no CUDA device is available")
+        raise ValueError(f"train.device={name!r} but no CUDA device is available")
     return torch.device(name)
 
 
@@ -86,6 +88,11 @@ def load_teacher(cfg: RunConfig, device: torch.device) -> tuple[torch.nn.Module,
     path = Path(str(cfg.teacher_dir)) / checkpoint.FINAL
     state, teacher_cfg_dict = checkpoint.load_model_file(path, device)
     teacher_cfg = parse_run_config(teacher_cfg_dict, f"{path}:run_config")
+    for key in ("fold", "splits_file", "labels", "preprocessed_dir", "modalities"):
+        # A teacher of another fold has seen this student's test cases: refuse, don't leak.
+        if getattr(teacher_cfg, key) != getattr(cfg, key):
+            raise ValueError(f"{path}: teacher {key}={getattr(teacher_cfg, key)!r} differs from "
+                             f"the student's {getattr(cfg, key)!r}")
     if teacher_cfg.model != cfg.model:
         log.warning("teacher %s uses a different model config than the student", path)
     net = build_network(teacher_cfg.model, len(teacher_cfg.input_modalities),
@@ -114,6 +121,22 @@ def validate(net: torch.nn.Module, cfg: RunConfig, cases: list[str],
     return means
 
 
+def input_fingerprint(cfg: RunConfig) -> str:
+    """Hash of what a run's result depends on besides its config: the preprocessed dataset's
+    fingerprint (``dataset.json``), this fold's split and the teacher's weights.
+
+    A checkpoint is resumed only when config *and* inputs match, so regenerating the data,
+    changing the split or retraining the teacher never continues from stale weights.
+    """
+    digest = hashlib.sha1()
+    digest.update(Path(cfg.preprocessed_dir, "dataset.json").read_bytes())
+    split = load_fold(Path(cfg.splits_file), cfg.fold)
+    digest.update(json.dumps(split, sort_keys=True).encode())
+    if cfg.teacher_dir:
+        digest.update(Path(cfg.teacher_dir, checkpoint.FINAL).read_bytes())
+    return digest.hexdigest()[:10]
+
+
 class Trainer:
     """Holds the pieces of one run; :meth:`fit` is the loop."""
 
@@ -122,6 +145,7 @@ class Trainer:
         self.cfg = load_run_config(self.run_dir / "run_config.yaml")
         self.tracker = tracker
         cfg = self.cfg
+        self.inputs = input_fingerprint(cfg)
         self.device = select_device(cfg.train.device)
         self.amp = cfg.train.amp and self.device.type == "cuda"  # bf16 autocast on GPU only
         split = load_fold(Path(cfg.splits_file), cfg.fold)
@@ -131,14 +155,14 @@ class Trainer:
         num_classes = get_convention(cfg.labels).num_classes
         torch.manual_seed(cfg.seed)  # identical initial weights for every method of a seed
         self.net = build_network(cfg.model, len(cfg.input_modalities), num_classes).to(self.device)
-        self.distiller: Distiller = build_distiller(cfg.method).to(self.device)
+        self.distiller: Distiller = build_distiller(cfg.method, cfg.model).to(self.device)
         self.teacher, self.teacher_channels = (
             load_teacher(cfg, self.device) if self.distiller.needs_teacher else (None, [])
         )
         self.seg_loss = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False,
                                    batch=True)
-        params = list(self.net.parameters()) + list(self.distiller.parameters())
-        self.optimizer = make_optimizer(params, cfg.train)
+        self.params = list(self.net.parameters()) + list(self.distiller.parameters())
+        self.optimizer = make_optimizer(self.params, cfg.train)
         self.scheduler = make_scheduler(self.optimizer, cfg.train)
         self.history: list[dict[str, float]] = []
         self.start_epoch = 0
@@ -148,18 +172,24 @@ class Trainer:
         return {"model": self.net.state_dict(), "distiller": self.distiller.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "epoch": len(self.history), "history": self.history,
-                "run_config": self.cfg.to_dict()}
+                "run_config": self.cfg.to_dict(), "inputs": self.inputs}
 
     def try_resume(self) -> None:
-        """Continue from ``checkpoint_last.pt`` if it belongs to this exact run config."""
+        """Continue from ``checkpoint_last.pt`` if it belongs to this exact run config and
+        inputs; otherwise (or if it is unreadable) move it aside and start fresh."""
         path = self.run_dir / checkpoint.LAST
         if not path.exists():
             return
-        state = checkpoint.load(path, self.device)
-        if state.get("run_config") != self.cfg.to_dict():
+        try:
+            state = checkpoint.load(path, self.device)
+            reason = ("a different run config" if state.get("run_config") != self.cfg.to_dict()
+                      else "different inputs" if state.get("inputs") != self.inputs else None)
+        except ValueError:
+            reason = "an unreadable file"
+        if reason is not None:
             stale = path.with_name(f"checkpoint_stale_{int(time.time())}.pt")
             path.rename(stale)  # keep it: nothing computed is silently thrown away
-            log.warning("checkpoint of a different run config moved to %s; starting fresh", stale)
+            log.warning("checkpoint_last.pt holds %s; moved to %s, starting fresh", reason, stale)
             return
         self.net.load_state_dict(state["model"])
         self.distiller.load_state_dict(state["distiller"])
@@ -183,18 +213,25 @@ class Trainer:
                                                     self.distiller.teacher_taps)
             student_out = forward_with_taps(self.net, student_x, self.distiller.student_taps)
             terms = {"seg": self.seg_loss(student_out.logits.float(), label)}
-            terms.update(self.distiller(student_out, teacher_out, label))
+            kd_terms = self.distiller(student_out, teacher_out, label)
+            if "seg" in kd_terms:
+                raise ValueError(f"{type(self.distiller).__name__} returned a term named 'seg'")
+            terms.update(kd_terms)
             loss = torch.stack(list(terms.values())).sum()
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss {loss.item()} (terms: "
                                      f"{ {k: v.item() for k, v in terms.items()} })")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.train.grad_clip)
+        torch.nn.utils.clip_grad_norm_(self.params, self.cfg.train.grad_clip)
         self.optimizer.step()
         return {"loss": loss.item(), **{k: v.item() for k, v in terms.items()}}
 
     # ---------------------------------------------------------------- the loop
+    def write_history(self) -> None:
+        with atomic_path(self.run_dir / "history.csv") as tmp:
+            pd.DataFrame(self.history).to_csv(tmp, index=False)
+
     def fit(self, until_epoch: int | None = None) -> dict[str, float]:
         """Train from ``start_epoch`` to ``train.epochs`` (or stop early after ``until_epoch``
         epochs, e.g. to fit a cluster time limit; the next call resumes from the checkpoint)."""
@@ -226,8 +263,7 @@ class Trainer:
             row["time/epoch_s"] = time.perf_counter() - t0
             self.history.append(row)
             checkpoint.save_atomic(self.state(), self.run_dir / checkpoint.LAST)
-            with atomic_path(self.run_dir / "history.csv") as tmp:
-                pd.DataFrame(self.history).to_csv(tmp, index=False)
+            self.write_history()
             log.info("epoch %d/%d %s", epoch + 1, train.epochs,
                      " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
             if self.tracker is not None:
@@ -262,16 +298,22 @@ def train_run(run_dir: Path, tracking: dict[str, str] | None = None,
     started = time.time()
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir / "run_config.yaml")
-    key = run_key(cfg)
+    key = run_key(cfg, input_fingerprint(cfg))
     tags = run_tags(cfg, key)
     params = flatten_params(cfg.to_dict())
     tracker = None
     if tracking:
         tracker = RunTracker.open(tracking["uri"], tracking["experiment_id"], key,
                                   run_name(cfg), tags, params)
-    trainer = Trainer(run_dir, tracker)
-    trainer.try_resume()
-    last = trainer.fit()
+    try:
+        trainer = Trainer(run_dir, tracker)
+        trainer.try_resume()
+        last = trainer.fit()
+    except BaseException as err:  # close the MLflow run; the checkpoint allows a resume
+        if tracker is not None:
+            tracker.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
+    trainer.write_history()  # also when a resumed run had no epoch left to train
     checkpoint.save_atomic({"state_dict": trainer.net.state_dict(), "run_config": cfg.to_dict()},
                            run_dir / checkpoint.FINAL)
     info = {
