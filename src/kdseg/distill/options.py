@@ -27,6 +27,15 @@ class MethodOptions:
     def validate(self, where: str) -> None:
         """Check value ranges; raise ``OptionsError`` naming ``where.<field>``."""
 
+    def _require(self, where: str, names: tuple[str, ...], minimum: float,
+                 strict: bool = False) -> None:
+        """Each field in ``names`` must be ``> minimum`` (``strict``) or ``>= minimum``."""
+        for name in names:
+            value = getattr(self, name)
+            if value < minimum or (strict and value == minimum):
+                raise OptionsError(f"{where}.{name} must be {'>' if strict else '>='} "
+                                   f"{minimum}, got {value}")
+
 
 @dataclass(frozen=True)
 class BaselineOptions(MethodOptions):
@@ -48,10 +57,8 @@ class LogitKDOptions(MethodOptions):
     weight: float = 0.5
 
     def validate(self, where: str) -> None:
-        if self.temperature <= 0:
-            raise OptionsError(f"{where}.temperature must be > 0, got {self.temperature}")
-        if self.weight < 0:
-            raise OptionsError(f"{where}.weight must be >= 0, got {self.weight}")
+        self._require(where, ("temperature",), 0, strict=True)
+        self._require(where, ("weight",), 0)
 
 
 @dataclass(frozen=True)
@@ -70,11 +77,8 @@ class KDNetOptions(MethodOptions):
     latent_weight: float = 1.0
 
     def validate(self, where: str) -> None:
-        if self.temperature <= 0:
-            raise OptionsError(f"{where}.temperature must be > 0, got {self.temperature}")
-        for name in ("kd_weight", "latent_weight"):
-            if getattr(self, name) < 0:
-                raise OptionsError(f"{where}.{name} must be >= 0, got {getattr(self, name)}")
+        self._require(where, ("temperature",), 0, strict=True)
+        self._require(where, ("kd_weight", "latent_weight"), 0)
 
 
 @dataclass(frozen=True)
@@ -92,13 +96,9 @@ class PMKLOptions(MethodOptions):
     embedding_dim: int = 16
 
     def validate(self, where: str) -> None:
-        if self.temperature <= 0:
-            raise OptionsError(f"{where}.temperature must be > 0, got {self.temperature}")
-        for name in ("rkd_weight", "ckd_weight", "margin"):
-            if getattr(self, name) < 0:
-                raise OptionsError(f"{where}.{name} must be >= 0, got {getattr(self, name)}")
-        if self.embedding_dim < 1:
-            raise OptionsError(f"{where}.embedding_dim must be >= 1, got {self.embedding_dim}")
+        self._require(where, ("temperature",), 0, strict=True)
+        self._require(where, ("rkd_weight", "ckd_weight", "margin"), 0)
+        self._require(where, ("embedding_dim",), 1)
 
 
 METHOD_OPTIONS: dict[str, type[MethodOptions]] = {
