@@ -320,11 +320,14 @@ def teacher_subset(config: Mapping[str, Any]) -> str:
     return canonical_subset(config["dataset"]["modalities"])
 
 
-def teacher_dir(config: Mapping[str, Any], fold: int, seed: int) -> str:
+def teacher_dir(config: Mapping[str, Any], fold: int | str, seed: int | str) -> str:
+    """Run folder of a teacher; with ``"{fold}"``/``"{seed}"`` it is the Snakemake pattern."""
     return f"{data_dir(config)}/runs/teacher/fold{fold}/seed{seed}"
 
 
-def student_dir(config: Mapping[str, Any], subset: str, method: str, fold: int, seed: int) -> str:
+def student_dir(config: Mapping[str, Any], subset: str, method: str, fold: int | str,
+                seed: int | str) -> str:
+    """Run folder of a student; with wildcard names in braces it is the Snakemake pattern."""
     return f"{data_dir(config)}/runs/student/{subset}/{method}/fold{fold}/seed{seed}"
 
 

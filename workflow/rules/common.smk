@@ -23,6 +23,9 @@ METHODS = kdcfg.resolved_methods(config)
 FOLDS = list(range(config["splits"]["folds"]))
 SEEDS = list(config["seeds"])
 TRACKING_JSON = f"{config['results_dir']}/tracking/experiment.json"
+# Run-folder patterns; kdseg.config owns the layout (all_runs() lists the same folders).
+TEACHER_RUN = kdcfg.teacher_dir(config, "{fold}", "{seed}")
+STUDENT_RUN = kdcfg.student_dir(config, "{subset}", "{method}", "{fold}", "{seed}")
 LOGS = f"{config['results_dir']}/logs/{config['dataset']['name']}"
 
 

@@ -8,7 +8,7 @@ localrules:
 
 rule student_run_config:
     output:
-        f"{DATA}/runs/student/{{subset}}/{{method}}/fold{{fold}}/seed{{seed}}/run_config.yaml",
+        f"{STUDENT_RUN}/run_config.yaml",
     params:
         run_config=lambda w: as_json(
             kdcfg.student_run_config(config, w.subset, w.method, int(w.fold), int(w.seed))
@@ -21,15 +21,15 @@ rule student_run_config:
 
 rule train_student:
     input:
-        run_config=f"{DATA}/runs/student/{{subset}}/{{method}}/fold{{fold}}/seed{{seed}}/run_config.yaml",
+        run_config=f"{STUDENT_RUN}/run_config.yaml",
         data=f"{DATA}/preprocessed/manifest.csv",
         splits=f"{DATA}/splits.json",
         teacher=teacher_model,
         tracking=ancient(TRACKING_JSON),
     output:
-        model=f"{DATA}/runs/student/{{subset}}/{{method}}/fold{{fold}}/seed{{seed}}/model.pt",
-        history=f"{DATA}/runs/student/{{subset}}/{{method}}/fold{{fold}}/seed{{seed}}/history.csv",
-        info=f"{DATA}/runs/student/{{subset}}/{{method}}/fold{{fold}}/seed{{seed}}/run.json",
+        model=f"{STUDENT_RUN}/model.pt",
+        history=f"{STUDENT_RUN}/history.csv",
+        info=f"{STUDENT_RUN}/run.json",
     threads: config["resources"]["train_threads"]
     resources:
         gpu=config["resources"]["gpu_per_training_job"],

@@ -7,7 +7,7 @@ localrules:
 
 rule teacher_run_config:
     output:
-        f"{DATA}/runs/teacher/fold{{fold}}/seed{{seed}}/run_config.yaml",
+        f"{TEACHER_RUN}/run_config.yaml",
     params:
         run_config=lambda w: as_json(kdcfg.teacher_run_config(config, int(w.fold), int(w.seed))),
     log:
@@ -18,15 +18,15 @@ rule teacher_run_config:
 
 rule train_teacher:
     input:
-        run_config=f"{DATA}/runs/teacher/fold{{fold}}/seed{{seed}}/run_config.yaml",
+        run_config=f"{TEACHER_RUN}/run_config.yaml",
         data=f"{DATA}/preprocessed/manifest.csv",
         splits=f"{DATA}/splits.json",
         # ancient(): the tracking DB is created once; re-creating it must not retrain anything.
         tracking=ancient(TRACKING_JSON),
     output:
-        model=f"{DATA}/runs/teacher/fold{{fold}}/seed{{seed}}/model.pt",
-        history=f"{DATA}/runs/teacher/fold{{fold}}/seed{{seed}}/history.csv",
-        info=f"{DATA}/runs/teacher/fold{{fold}}/seed{{seed}}/run.json",
+        model=f"{TEACHER_RUN}/model.pt",
+        history=f"{TEACHER_RUN}/history.csv",
+        info=f"{TEACHER_RUN}/run.json",
     threads: config["resources"]["train_threads"]
     resources:
         gpu=config["resources"]["gpu_per_training_job"],

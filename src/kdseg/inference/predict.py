@@ -18,7 +18,7 @@ import torch
 from monai.inferers import sliding_window_inference
 from tqdm import tqdm
 
-from kdseg.config import InferenceConfig, parse_run_config
+from kdseg.config import InferenceConfig, RunConfig, parse_run_config
 from kdseg.data.labels import get_convention
 from kdseg.data.preprocess import CaseGeometry, load_preprocessed, restore_prediction
 from kdseg.fileio import atomic_path
@@ -57,8 +57,8 @@ def predict_classes(net: torch.nn.Module, image: torch.Tensor, roi_size: Sequenc
     return logits.argmax(dim=0).to(torch.uint8).cpu().numpy()
 
 
-def load_model(run_dir: Path, device: torch.device):
-    """The trained network of a run folder and its run config."""
+def load_model(run_dir: Path, device: torch.device) -> tuple[torch.nn.Module, RunConfig]:
+    """The trained network of a run folder (on ``device``, eval mode) and its run config."""
     path = Path(run_dir) / checkpoint.FINAL
     state, cfg_dict = checkpoint.load_model_file(path, device)
     cfg = parse_run_config(cfg_dict, f"{path}:run_config")

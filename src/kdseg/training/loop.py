@@ -32,7 +32,7 @@ from monai.losses import DiceCELoss
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from kdseg.config import RunConfig, TrainConfig, load_run_config, parse_run_config, run_key
+from kdseg.config import RunConfig, TrainConfig, load_run_config, run_key
 from kdseg.data.dataset import PatchDataset
 from kdseg.data.labels import get_convention
 from kdseg.data.preprocess import load_preprocessed
@@ -41,7 +41,7 @@ from kdseg.distill.base import Distiller
 from kdseg.distill.registry import build_distiller
 from kdseg.evaluation.metrics import dice
 from kdseg.fileio import atomic_path
-from kdseg.inference.predict import predict_classes
+from kdseg.inference.predict import load_model, predict_classes
 from kdseg.models.factory import NetOutput, build_network, forward_with_taps
 from kdseg.tracking import epoch_metrics_logged_tag
 from kdseg.training import checkpoint, runinfo
@@ -86,8 +86,7 @@ def make_scheduler(opt: torch.optim.Optimizer,
 def load_teacher(cfg: RunConfig, device: torch.device) -> tuple[torch.nn.Module, list[int]]:
     """The frozen teacher and the channels (of the preprocessed image) it reads."""
     path = Path(str(cfg.teacher_dir)) / checkpoint.FINAL
-    state, teacher_cfg_dict = checkpoint.load_model_file(path, device)
-    teacher_cfg = parse_run_config(teacher_cfg_dict, f"{path}:run_config")
+    net, teacher_cfg = load_model(Path(str(cfg.teacher_dir)), device)
     for key in ("fold", "splits_file", "labels", "preprocessed_dir", "modalities"):
         # A teacher of another fold has seen this student's test cases: refuse, don't leak.
         if getattr(teacher_cfg, key) != getattr(cfg, key):
@@ -95,10 +94,7 @@ def load_teacher(cfg: RunConfig, device: torch.device) -> tuple[torch.nn.Module,
                              f"the student's {getattr(cfg, key)!r}")
     if teacher_cfg.model != cfg.model:
         log.warning("teacher %s uses a different model config than the student", path)
-    net = build_network(teacher_cfg.model, len(teacher_cfg.input_modalities),
-                        get_convention(cfg.labels).num_classes)
-    net.load_state_dict(state)
-    net.to(device).eval().requires_grad_(False)
+    net.requires_grad_(False)
     return net, [cfg.modalities.index(m) for m in teacher_cfg.input_modalities]
 
 
