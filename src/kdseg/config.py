@@ -261,8 +261,14 @@ def resolved_methods(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def method_teacher(method: Mapping[str, Any]) -> str:
+    """``none`` | ``frozen`` | ``joint`` (see ``MethodOptions.teacher``)."""
+    return METHOD_OPTIONS[method["kind"]].teacher
+
+
 def method_needs_teacher(method: Mapping[str, Any]) -> bool:
-    return METHOD_OPTIONS[method["kind"]].needs_teacher
+    """True when the student must wait for (and read) a separately trained teacher run."""
+    return method_teacher(method) == "frozen"
 
 
 def check_config(config: Mapping[str, Any]) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import json
 
 import numpy as np
+import pytest
 import torch
 
 from kdseg.data.dataset import PatchDataset
@@ -41,3 +43,30 @@ def test_stream_is_a_function_of_seed_and_epoch(tiny_data: dict) -> None:
     assert torch.equal(first(0, 3), first(0, 3))
     assert not torch.equal(first(0, 3), first(0, 4))
     assert not torch.equal(first(0, 3), first(1, 3))
+
+
+def test_unpaired_stream_pairs_patches_of_two_different_cases(tiny_data: dict) -> None:
+    cases = json.loads(tiny_data["splits"].read_text())[0]["train"]
+    ds = PatchDataset(tiny_data["preprocessed"], cases, (16, 16, 16), 0.5, seed=0, unpaired=True)
+    drawn: list[int | None] = []
+    sample = ds.sample
+
+    def spy(rng, case_index=None):
+        drawn.append(case_index)
+        return sample(rng, case_index)
+
+    ds.sample = spy  # type: ignore[method-assign]
+    stream = iter(ds)
+    for _ in range(20):
+        item = next(stream)
+        assert len(item) == 4 and item[0].shape == item[2].shape == (4, 16, 16, 16)
+    pairs = list(zip(drawn[::2], drawn[1::2], strict=True))
+    assert all(a is not None and a != b for a, b in pairs)
+    assert len(set(pairs)) > 1
+
+
+def test_unpaired_stream_needs_two_cases(tiny_data: dict) -> None:
+    cases = json.loads(tiny_data["splits"].read_text())[0]["train"]
+    with pytest.raises(ValueError, match="unpaired"):
+        PatchDataset(tiny_data["preprocessed"], cases[:1], (16, 16, 16), 0.5, seed=0,
+                     unpaired=True)

@@ -28,12 +28,16 @@ def _outputs(distiller, batch: int = 2, seed: int = 0):
 
 
 def test_registry_matches_options() -> None:
-    assert set(METHODS) == set(METHOD_OPTIONS) == {"baseline", "logit_kd", "kdnet", "pmkl"}
+    assert set(METHODS) == set(METHOD_OPTIONS) == {"baseline", "logit_kd", "kdnet", "pmkl",
+                                                   "ummkd", "barlow_kd"}
+    teachers = {kind: cls.teacher for kind, cls in METHOD_OPTIONS.items()}
+    assert teachers == {"baseline": "none", "logit_kd": "frozen", "kdnet": "frozen",
+                        "pmkl": "frozen", "ummkd": "joint", "barlow_kd": "joint"}
 
 
 @pytest.mark.parametrize("kind", ["logit_kd", "kdnet", "pmkl"])
 def test_teacher_methods_train_student_and_heads_only(kind: str) -> None:
-    distiller = build_distiller({"name": kind, "kind": kind}, MODEL)
+    distiller = build_distiller({"name": kind, "kind": kind}, MODEL, NUM_CLASSES)
     assert distiller.needs_teacher
     student, teacher, s_out, t_out, target = _outputs(distiller)
     terms = distiller(s_out, t_out, target)
@@ -47,7 +51,7 @@ def test_teacher_methods_train_student_and_heads_only(kind: str) -> None:
 
 def test_logit_kd_zero_when_student_equals_teacher() -> None:
     kd = build_distiller({"name": "logit_kd", "kind": "logit_kd", "temperature": 3.0,
-                          "weight": 2.0}, MODEL)
+                          "weight": 2.0}, MODEL, NUM_CLASSES)
     from kdseg.models.factory import NetOutput
 
     logits = torch.randn(2, 4, 4, 4, 4)
@@ -56,8 +60,9 @@ def test_logit_kd_zero_when_student_equals_teacher() -> None:
 
 
 def test_kdnet_terms_and_latent_ablation() -> None:
-    full = build_distiller({"name": "kdnet", "kind": "kdnet"}, MODEL)
-    ablated = build_distiller({"name": "kdnet_nolat", "kind": "kdnet", "latent_weight": 0.0}, MODEL)
+    full = build_distiller({"name": "kdnet", "kind": "kdnet"}, MODEL, NUM_CLASSES)
+    ablated = build_distiller({"name": "kdnet_nolat", "kind": "kdnet", "latent_weight": 0.0},
+                              MODEL, NUM_CLASSES)
     _, _, s_out, t_out, target = _outputs(full)
     assert set(full(s_out, t_out, target)) == {"kd_logit", "kd_latent"}
     assert set(ablated(s_out, t_out, target)) == {"kd_logit"}
@@ -65,7 +70,8 @@ def test_kdnet_terms_and_latent_ablation() -> None:
 
 
 def test_pmkl_terms_and_heads() -> None:
-    pmkl = build_distiller({"name": "pmkl", "kind": "pmkl", "embedding_dim": 8}, MODEL)
+    pmkl = build_distiller({"name": "pmkl", "kind": "pmkl", "embedding_dim": 8}, MODEL,
+                           NUM_CLASSES)
     _, _, s_out, t_out, target = _outputs(pmkl)
     terms = pmkl(s_out, t_out, target)
     assert set(terms) == {"kd_pixel", "kd_contrast"}
@@ -74,7 +80,7 @@ def test_pmkl_terms_and_heads() -> None:
 
 
 def test_baseline_adds_nothing() -> None:
-    base = build_distiller({"name": "baseline", "kind": "baseline"}, MODEL)
+    base = build_distiller({"name": "baseline", "kind": "baseline"}, MODEL, NUM_CLASSES)
     assert not base.needs_teacher
     _, _, s_out, _, target = _outputs(base)
     assert base(s_out, None, target) == {}

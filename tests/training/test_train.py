@@ -111,6 +111,66 @@ def test_published_methods_train_end_to_end(tmp_path: Path, tiny_data: dict, mak
     assert bool(state["distiller"]) == (kind == "pmkl")  # pmkl's projection heads are saved
 
 
+JOINT = {
+    "ummkd": ({}, ["train/teacher_seg", "train/kd_prototype"]),
+    "ummkd_unpaired": ({"kind": "ummkd", "unpaired": True, "first_conv": "separate"},
+                       ["train/teacher_seg", "train/kd_prototype"]),
+    "barlow_kd": ({}, ["train/teacher_seg", "train/ds_student", "train/ds_teacher",
+                       "train/kd_barlow"]),
+}
+
+
+def _joint_run_config(tiny_data: dict, make_run_config, name: str, epochs: int = 1) -> dict:
+    from kdseg.distill.options import options_dict, parse_method
+
+    options, _ = JOINT[name]
+    method = {"name": name, **options_dict(*parse_method(name, options))}
+    cfg = make_run_config(tiny_data, stage="student", subset="flair+t1ce", method=method,
+                          epochs=epochs)
+    cfg["model"]["filters"] = [4, 8, 16, 32]  # deep enough for a deep-supervision output
+    return cfg
+
+
+@pytest.mark.parametrize("name", sorted(JOINT))
+def test_single_stage_methods_need_no_teacher_and_export_a_plain_student(
+        tmp_path: Path, tiny_data: dict, make_run_config, name: str) -> None:
+    """No teacher run; the teacher path trains in the same job; model.pt is a plain 2-channel
+    student that inference loads like any other."""
+    run_dir = tmp_path / name
+    write_run_config(_joint_run_config(tiny_data, make_run_config, name),
+                     run_dir / "run_config.yaml")
+    train_run(run_dir, threads=1)
+    history = pd.read_csv(run_dir / "history.csv")
+    for column in JOINT[name][1]:
+        assert history[column].notna().all() and (history[column] >= 0).all(), column
+    assert "val/dice/WT" in history
+    state = checkpoint.load(run_dir / checkpoint.LAST)
+    assert "teacher_path" in state  # the jointly trained teacher is kept for resume
+    weights, _ = checkpoint.load_model_file(run_dir / checkpoint.FINAL)
+    assert weights["input_block.conv1.conv.weight"].shape[1] == 2
+    test_case = json.loads(tiny_data["splits"].read_text())[0]["test"][0]
+    (pred,) = predict_run(run_dir, [test_case], run_dir / "predictions", progress=False)
+    assert pred.exists()
+
+
+def test_single_stage_resume_gives_the_same_model(tmp_path: Path, tiny_data: dict,
+                                                  make_run_config) -> None:
+    from kdseg.training.loop import Trainer
+
+    cfg = _joint_run_config(tiny_data, make_run_config, "ummkd", epochs=2)
+    full, interrupted = tmp_path / "full", tmp_path / "interrupted"
+    for run_dir in (full, interrupted):
+        write_run_config(cfg, run_dir / "run_config.yaml")
+    train_run(full, threads=1)
+    Trainer(interrupted).fit(until_epoch=1)
+    train_run(interrupted, threads=1)
+    assert json.loads((interrupted / "run.json").read_text())["resumed_from_epoch"] == 1
+    a, _ = checkpoint.load_model_file(full / checkpoint.FINAL)
+    b, _ = checkpoint.load_model_file(interrupted / checkpoint.FINAL)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], msg=key)
+
+
 def test_rerun_after_input_change_does_not_resume_stale_weights(
         tmp_path: Path, tiny_data: dict, make_run_config) -> None:
     """Same run config, new split contents (as after changing n_cases): the finished checkpoint

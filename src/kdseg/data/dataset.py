@@ -33,12 +33,20 @@ class PatchDataset(IterableDataset):
     Yields:
         image: ``(C, *patch_size)`` float32 tensor with all modalities.
         label: ``(1, *patch_size)`` int64 class ids.
+
+    With ``unpaired=True`` each item is ``(image, label, other_image, other_label)`` where the
+    second patch comes from a *different* case (the two streams of an unpaired method, e.g.
+    ``ummkd`` with ``unpaired: true``), each augmented independently.
     """
 
     def __init__(self, preprocessed_dir: Path, cases: Sequence[str],
-                 patch_size: Sequence[int], foreground_prob: float, seed: int) -> None:
+                 patch_size: Sequence[int], foreground_prob: float, seed: int,
+                 unpaired: bool = False) -> None:
         if not cases:
             raise ValueError("PatchDataset: no training cases")
+        if unpaired and len(set(cases)) < 2:
+            raise ValueError("PatchDataset: unpaired sampling needs >= 2 training cases")
+        self.unpaired = unpaired
         self.dir = Path(preprocessed_dir)
         self.cases = list(cases)
         self.patch_size = tuple(int(p) for p in patch_size)
@@ -82,9 +90,13 @@ class PatchDataset(IterableDataset):
         out[..., dst_lo[0]:dst_hi[0], dst_lo[1]:dst_hi[1], dst_lo[2]:dst_hi[2]] = src
         return out
 
-    def sample(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """One un-augmented patch ``{"image": (C, *P), "label": (1, *P)}``."""
-        image, label, fg = self._case(self.cases[rng.integers(len(self.cases))])
+    def sample(self, rng: np.random.Generator,
+               case_index: int | None = None) -> dict[str, np.ndarray]:
+        """One un-augmented patch ``{"image": (C, *P), "label": (1, *P)}`` from case number
+        ``case_index`` (a random case when ``None``)."""
+        if case_index is None:
+            case_index = int(rng.integers(len(self.cases)))
+        image, label, fg = self._case(self.cases[case_index])
         spatial = np.array(label.shape)
         size = np.array(self.patch_size)
         if len(fg) and rng.random() < self.foreground_prob:
@@ -103,9 +115,20 @@ class PatchDataset(IterableDataset):
         worker = info.id if info is not None else 0
         rng = np.random.default_rng([self.seed, self.epoch, worker])
         self.augment.set_random_state(seed=int(rng.integers(2**31)))
+        n = len(self.cases)
         while True:
-            patch = self.augment(self.sample(rng))
-            yield _plain_tensor(patch["image"]), _plain_tensor(patch["label"])
+            if not self.unpaired:
+                patch = self.augment(self.sample(rng))
+                yield _plain_tensor(patch["image"]), _plain_tensor(patch["label"])
+                continue
+            first = int(rng.integers(n))
+            other = (first + 1 + int(rng.integers(n - 1))) % n  # any case but `first`
+            while self.cases[other] == self.cases[first]:  # duplicated ids in the list
+                other = int(rng.integers(n))
+            a = self.augment(self.sample(rng, first))
+            b = self.augment(self.sample(rng, other))
+            yield (_plain_tensor(a["image"]), _plain_tensor(a["label"]),
+                   _plain_tensor(b["image"]), _plain_tensor(b["label"]))
 
 
 def _plain_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:

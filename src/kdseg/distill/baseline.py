@@ -14,6 +14,6 @@ class Baseline(Distiller):
 
     options_type = BaselineOptions
 
-    def forward(self, student: NetOutput, teacher: NetOutput | None,
-                target: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, student: NetOutput, teacher: NetOutput | None, target: torch.Tensor,
+                teacher_target: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         return {}

@@ -21,8 +21,8 @@ class KDNet(Distiller):
     student_taps = ("bottleneck",)
     teacher_taps = ("bottleneck",)
 
-    def forward(self, student: NetOutput, teacher: NetOutput | None,
-                target: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, student: NetOutput, teacher: NetOutput | None, target: torch.Tensor,
+                teacher_target: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         if teacher is None:
             raise ValueError("kdnet needs the teacher's output")
         opts: KDNetOptions = self.options  # type: ignore[assignment]

@@ -15,8 +15,8 @@ class LogitKD(Distiller):
 
     options_type = LogitKDOptions
 
-    def forward(self, student: NetOutput, teacher: NetOutput | None,
-                target: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, student: NetOutput, teacher: NetOutput | None, target: torch.Tensor,
+                teacher_target: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         if teacher is None:
             raise ValueError("logit_kd needs the teacher's output")
         opts: LogitKDOptions = self.options  # type: ignore[assignment]

@@ -21,8 +21,20 @@ class OptionsError(ValueError):
 class MethodOptions:
     """Base of every method's options. Subclasses add typed fields with defaults."""
 
-    needs_teacher: ClassVar[bool] = False
-    """True when the method distills from a separately trained, frozen teacher."""
+    teacher: ClassVar[str] = "none"
+    """Where the full-modality teacher comes from:
+
+    * ``"none"``: no teacher (the student learns from the labels only);
+    * ``"frozen"``: a separately trained teacher run (two-stage KD); the workflow makes the
+      student wait for it and the trainer runs it without autograd;
+    * ``"joint"``: a full-modality teacher path trained in the same job and the same iterations
+      as the student (single-stage methods); the workflow does not wait for a teacher run.
+    """
+
+    @property
+    def needs_teacher(self) -> bool:
+        """True when the method distills from a separately trained, frozen teacher run."""
+        return self.teacher == "frozen"
 
     def validate(self, where: str) -> None:
         """Check value ranges; raise ``OptionsError`` naming ``where.<field>``."""
@@ -49,7 +61,7 @@ class LogitKDOptions(MethodOptions):
     Loss term ``weight * T² * KL(softmax(z_t/T) || softmax(z_s/T))`` averaged over voxels.
     """
 
-    needs_teacher: ClassVar[bool] = True
+    teacher: ClassVar[str] = "frozen"
     # Moderate defaults: on the synthetic benchmark T=2/w=1 and T=4/w=1 made single-modality
     # students stop predicting the tumour core (soft targets pull small classes into hedged,
     # edema-majority distributions); see README "Results".
@@ -71,7 +83,7 @@ class KDNetOptions(MethodOptions):
     without it.
     """
 
-    needs_teacher: ClassVar[bool] = True
+    teacher: ClassVar[str] = "frozen"
     temperature: float = 2.0
     kd_weight: float = 0.5
     latent_weight: float = 1.0
@@ -88,7 +100,7 @@ class PMKLOptions(MethodOptions):
     margin 1, 16-d embeddings); the projection input is globally average-pooled instead of the
     original patch-size-tied 40³ pooling (flagged deviation)."""
 
-    needs_teacher: ClassVar[bool] = True
+    teacher: ClassVar[str] = "frozen"
     temperature: float = 10.0
     rkd_weight: float = 0.5
     ckd_weight: float = 0.5
@@ -101,11 +113,69 @@ class PMKLOptions(MethodOptions):
         self._require(where, ("embedding_dim",), 1)
 
 
+@dataclass(frozen=True)
+class UMMKDOptions(MethodOptions):
+    """``ummkd``: Dou et al. (IEEE TMI 2020), one network whose convolution kernels are shared by
+    a full-modality stream and the student's stream while every normalisation layer is
+    stream-specific; both streams' segmentation losses + ``kd_weight`` · symmetric KL between
+    their class-wise derived prediction distributions (``temperature`` τ). Defaults from the
+    official 2D code (μ_kd = 0.5, τ = 2).
+
+    ``first_conv``: how the student's fewer input channels meet the shared first convolution:
+    ``zero_fill`` (default) feeds the student stream all channels with the missing ones set to
+    zero, so even the first kernel is shared; ``separate`` gives the student stream its own
+    first convolution (all other kernels shared). ``unpaired``: the two streams draw their
+    patches from different cases in every step, as in the paper's CT/MRI setting.
+    """
+
+    teacher: ClassVar[str] = "joint"
+    kd_weight: float = 0.5
+    temperature: float = 2.0
+    first_conv: str = "zero_fill"
+    unpaired: bool = False
+
+    def validate(self, where: str) -> None:
+        self._require(where, ("temperature",), 0, strict=True)
+        self._require(where, ("kd_weight",), 0)
+        if self.first_conv not in ("zero_fill", "separate"):
+            raise OptionsError(f"{where}.first_conv must be 'zero_fill' or 'separate', "
+                               f"got {self.first_conv!r}")
+
+
+@dataclass(frozen=True)
+class BarlowKDOptions(MethodOptions):
+    """``barlow_kd``: Choi et al. (CMPB 2023), single-stage KD. Teacher path (all modalities) and
+    student path are trained together on the same patch; ``bt_weight`` · Barlow Twins loss
+    (off-diagonal weight ``bt_lambda``) between the two bottlenecks after a projector
+    (``projector_dim`` wide), with bottleneck voxels as samples; deep supervision with
+    cross-entropy on both paths (nnU-Net weights, ``ds_weight`` scales the auxiliary outputs).
+
+    Readings of the paper's ambiguities (docs/methods.md): the teacher's latent is detached in
+    the Barlow Twins term unless ``bt_to_teacher``; ``pixel_kd_weight`` > 0 adds the other
+    reading of the pixel-level term (student outputs at every supervised resolution trained
+    with CE against the teacher path's softened predictions).
+    """
+
+    teacher: ClassVar[str] = "joint"
+    bt_weight: float = 0.01
+    bt_lambda: float = 0.005
+    projector_dim: int = 64
+    bt_to_teacher: bool = False
+    ds_weight: float = 1.0
+    pixel_kd_weight: float = 0.0
+
+    def validate(self, where: str) -> None:
+        self._require(where, ("bt_weight", "bt_lambda", "ds_weight", "pixel_kd_weight"), 0)
+        self._require(where, ("projector_dim",), 1)
+
+
 METHOD_OPTIONS: dict[str, type[MethodOptions]] = {
     "baseline": BaselineOptions,
     "logit_kd": LogitKDOptions,
     "kdnet": KDNetOptions,
     "pmkl": PMKLOptions,
+    "ummkd": UMMKDOptions,
+    "barlow_kd": BarlowKDOptions,
 }
 """Registry of method kinds -> options class. ``kdseg.distill.METHODS`` mirrors its keys."""
 

@@ -33,13 +33,14 @@ class PMKL(Distiller):
     student_taps = (FEATURE,)
     teacher_taps = (FEATURE,)
 
-    def __init__(self, options: PMKLOptions, channels: Mapping[str, int]) -> None:
-        super().__init__(options, channels)
+    def __init__(self, options: PMKLOptions, channels: Mapping[str, int],
+                 num_classes: int) -> None:
+        super().__init__(options, channels, num_classes)
         self.student_head = projection_head(channels[FEATURE], options.embedding_dim)
         self.teacher_head = projection_head(channels[FEATURE], options.embedding_dim)
 
-    def forward(self, student: NetOutput, teacher: NetOutput | None,
-                target: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, student: NetOutput, teacher: NetOutput | None, target: torch.Tensor,
+                teacher_target: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         if teacher is None:
             raise ValueError("pmkl needs the teacher's output")
         opts: PMKLOptions = self.options  # type: ignore[assignment]

@@ -57,7 +57,9 @@ def build_network(model: ModelConfig, in_channels: int, num_classes: int) -> Dyn
         upsample_kernel_size=[2] * (levels - 1),
         filters=list(model.filters),
         dropout=model.dropout or None,
-        norm_name=model.norm,
+        # nnU-Net's (and DynUNet's default) instance norm has a learnable affine; MONAI's
+        # plain "instance" would drop it, and stream-specific norms (ummkd) would be empty.
+        norm_name=("instance", {"affine": True}) if model.norm == "instance" else model.norm,
         deep_supervision=False,
         res_block=False,
     )

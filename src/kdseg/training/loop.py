@@ -8,8 +8,10 @@ Reads one resolved run config, trains, and leaves a self-describing run folder::
     model.pt             final weights + run config (the artifact later stages read)
     run.json             run key, tags, params, git SHA, versions, seeds, device, timings, memory
 
-The loop never branches on the method: the distiller returns named weighted loss terms and
-declares which feature taps it reads and whether it needs the frozen teacher.
+The loop never branches on the method's name: the distiller returns named weighted loss terms
+and declares which feature taps it reads and where its teacher comes from (``none``; a
+``frozen`` teacher run, forwarded without autograd; or a ``joint`` teacher path trained in the
+same steps, whose segmentation loss is added as ``teacher_seg``).
 """
 
 from __future__ import annotations
@@ -117,6 +119,18 @@ def validate(net: torch.nn.Module, cfg: RunConfig, cases: list[str],
     return means
 
 
+def _incompatible(modules: dict[str, torch.nn.Module], state: dict[str, Any]) -> str | None:
+    """Why ``state`` cannot be loaded into ``modules`` (e.g. a checkpoint written by an older
+    network definition), or ``None``."""
+    for key, module in modules.items():
+        saved = state.get(key)
+        own = module.state_dict()
+        if not isinstance(saved, dict) or saved.keys() != own.keys() or any(
+                saved[k].shape != own[k].shape for k in own):
+            return f"weights that do not fit this network ({key})"
+    return None
+
+
 def input_fingerprint(cfg: RunConfig) -> str:
     """Hash of what a run's result depends on besides its config: the preprocessed dataset's
     fingerprint (``dataset.json``), this fold's split and the teacher's weights.
@@ -146,18 +160,32 @@ class Trainer:
         self.amp = cfg.train.amp and self.device.type == "cuda"  # bf16 autocast on GPU only
         split = load_fold(Path(cfg.splits_file), cfg.fold)
         self.val_cases = split["val"]
+        self.num_classes = get_convention(cfg.labels).num_classes
+        n_all = len(cfg.modalities)
+        torch.manual_seed(cfg.seed)
+        self.distiller: Distiller = build_distiller(cfg.method, cfg.model, self.num_classes)
+        self.distiller.to(self.device)
         self.data = PatchDataset(Path(cfg.preprocessed_dir), split["train"],
-                                 cfg.train.patch_size, cfg.train.foreground_prob, cfg.seed)
-        num_classes = get_convention(cfg.labels).num_classes
-        torch.manual_seed(cfg.seed)  # identical initial weights for every method of a seed
-        self.net = build_network(cfg.model, len(cfg.input_modalities), num_classes).to(self.device)
-        self.distiller: Distiller = build_distiller(cfg.method, cfg.model).to(self.device)
-        self.teacher, self.teacher_channels = (
-            load_teacher(cfg, self.device) if self.distiller.needs_teacher else (None, [])
-        )
+                                 cfg.train.patch_size, cfg.train.foreground_prob, cfg.seed,
+                                 unpaired=self.distiller.unpaired)
+        torch.manual_seed(cfg.seed)  # identical initial student weights for every method
+        n_in = self.distiller.student_in_channels(len(cfg.input_modalities), n_all)
+        self.net = build_network(cfg.model, n_in, self.num_classes).to(self.device)
+        self.joint = self.distiller.teacher == "joint"
+        self.teacher: torch.nn.Module | None = None
+        self.teacher_channels: list[int] = []
+        if self.distiller.teacher == "frozen":
+            self.teacher, self.teacher_channels = load_teacher(cfg, self.device)
+        elif self.joint:  # a full-modality teacher path trained in the same steps
+            self.teacher = build_network(cfg.model, n_all, self.num_classes).to(self.device)
+            self.teacher_channels = list(range(n_all))
+            self.distiller.bind(self.net, self.teacher)
         self.seg_loss = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False,
                                    batch=True)
-        self.params = list(self.net.parameters()) + list(self.distiller.parameters())
+        params = [*self.net.parameters(), *self.distiller.parameters()]
+        if self.joint:
+            params += list(self.teacher.parameters())  # type: ignore[union-attr]
+        self.params = list({id(p): p for p in params}.values())  # shared kernels once
         self.optimizer = make_optimizer(self.params, cfg.train)
         self.scheduler = make_scheduler(self.optimizer, cfg.train)
         self.history: list[dict[str, float]] = []
@@ -165,10 +193,29 @@ class Trainer:
 
     # ---------------------------------------------------------------- resume
     def state(self) -> dict[str, Any]:
-        return {"model": self.net.state_dict(), "distiller": self.distiller.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "epoch": len(self.history), "history": self.history,
-                "run_config": self.cfg.to_dict(), "inputs": self.inputs}
+        state = {"model": self.net.state_dict(), "distiller": self.distiller.state_dict(),
+                 "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "epoch": len(self.history),
+                 "history": self.history, "run_config": self.cfg.to_dict(), "inputs": self.inputs}
+        if self.joint:
+            state["teacher_path"] = self.teacher.state_dict()  # type: ignore[union-attr]
+        return state
+
+    def _modules_to_resume(self) -> dict[str, torch.nn.Module]:
+        modules = {"model": self.net, "distiller": self.distiller}
+        if self.joint:
+            modules["teacher_path"] = self.teacher  # type: ignore[assignment]
+        return modules
+
+    def student_state(self) -> dict[str, torch.Tensor]:
+        """``state_dict`` of a plain student network (the student's modalities as inputs)."""
+        return self.distiller.export_student(self.net.state_dict(), self.cfg.input_channels)
+
+    def student_network(self) -> torch.nn.Module:
+        """The trained student as the plain network inference builds (eval mode)."""
+        net = build_network(self.cfg.model, len(self.cfg.input_modalities), self.num_classes)
+        net.load_state_dict(self.student_state())
+        return net.to(self.device).eval()
 
     def try_resume(self) -> None:
         """Continue from ``checkpoint_last.pt`` if it belongs to this exact run config and
@@ -179,7 +226,8 @@ class Trainer:
         try:
             state = checkpoint.load(path, self.device)
             reason = ("a different run config" if state.get("run_config") != self.cfg.to_dict()
-                      else "different inputs" if state.get("inputs") != self.inputs else None)
+                      else "different inputs" if state.get("inputs") != self.inputs
+                      else _incompatible(self._modules_to_resume(), state))
         except ValueError:
             reason = "an unreadable file"
         if reason is not None:
@@ -187,8 +235,8 @@ class Trainer:
             path.rename(stale)  # keep it: nothing computed is silently thrown away
             log.warning("checkpoint_last.pt holds %s; moved to %s, starting fresh", reason, stale)
             return
-        self.net.load_state_dict(state["model"])
-        self.distiller.load_state_dict(state["distiller"])
+        for key, module in self._modules_to_resume().items():
+            module.load_state_dict(state[key])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.history = list(state["history"])
@@ -196,22 +244,38 @@ class Trainer:
         log.info("resumed from %s at epoch %d", path, self.start_epoch)
 
     # ---------------------------------------------------------------- one step
-    def step(self, image: torch.Tensor, label: torch.Tensor) -> dict[str, float]:
-        """One optimisation step on a batch: image ``(B, C_all, *P)``, label ``(B, 1, *P)``."""
+    def step(self, image: torch.Tensor, label: torch.Tensor,
+             teacher_image: torch.Tensor | None = None,
+             teacher_label: torch.Tensor | None = None) -> dict[str, float]:
+        """One optimisation step on a batch: image ``(B, C_all, *P)``, label ``(B, 1, *P)``;
+        an unpaired method's teacher path gets its own batch (``teacher_image/label``)."""
         image = image.to(self.device, non_blocking=True)
         label = label.to(self.device, non_blocking=True)
-        student_x = image[:, self.cfg.input_channels]
+        if teacher_image is None:
+            teacher_image, teacher_label = image, None
+        else:
+            teacher_image = teacher_image.to(self.device, non_blocking=True)
+            teacher_label = teacher_label.to(self.device, non_blocking=True)  # type: ignore[union-attr]
+        student_x = self.distiller.student_input(image, self.cfg.input_channels)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             teacher_out: NetOutput | None = None
+            terms: dict[str, torch.Tensor] = {}
             if self.teacher is not None:
-                with torch.no_grad():
-                    teacher_out = forward_with_taps(self.teacher, image[:, self.teacher_channels],
+                teacher_x = teacher_image[:, self.teacher_channels]
+                with torch.set_grad_enabled(self.joint):  # a frozen teacher: no autograd
+                    teacher_out = forward_with_taps(self.teacher, teacher_x,
                                                     self.distiller.teacher_taps)
             student_out = forward_with_taps(self.net, student_x, self.distiller.student_taps)
-            terms = {"seg": self.seg_loss(student_out.logits.float(), label)}
-            kd_terms = self.distiller(student_out, teacher_out, label)
-            if "seg" in kd_terms:
-                raise ValueError(f"{type(self.distiller).__name__} returned a term named 'seg'")
+            terms["seg"] = self.seg_loss(student_out.logits.float(), label)
+            if self.joint:
+                terms["teacher_seg"] = self.seg_loss(
+                    teacher_out.logits.float(),  # type: ignore[union-attr]
+                    label if teacher_label is None else teacher_label)
+            kd_terms = self.distiller(student_out, teacher_out, label, teacher_label)
+            clash = set(kd_terms) & {*terms, "loss"}
+            if clash:
+                raise ValueError(f"{type(self.distiller).__name__} returned reserved term "
+                                 f"name(s) {sorted(clash)}")
             terms.update(kd_terms)
             loss = torch.stack(list(terms.values())).sum()
         if not torch.isfinite(loss):
@@ -241,6 +305,8 @@ class Trainer:
             seed_everything(cfg.seed, epoch)
             self.data.set_epoch(epoch)
             self.net.train()
+            if self.joint:
+                self.teacher.train()  # type: ignore[union-attr]
             sums: dict[str, float] = defaultdict(float)
             batches = iter(loader)
             bar = tqdm(range(train.iterations_per_epoch), desc=f"epoch {epoch + 1}/{train.epochs}",
@@ -254,8 +320,7 @@ class Trainer:
             row["lr"] = self.optimizer.param_groups[0]["lr"]
             self.scheduler.step()
             if self.val_cases and ((epoch + 1) % train.val_every == 0 or epoch + 1 == train.epochs):
-                self.net.eval()
-                row.update(validate(self.net, cfg, self.val_cases, self.device))
+                row.update(validate(self.student_network(), cfg, self.val_cases, self.device))
             row["time/epoch_s"] = time.perf_counter() - t0
             self.history.append(row)
             checkpoint.save_atomic(self.state(), self.run_dir / checkpoint.LAST)
@@ -310,7 +375,7 @@ def train_run(run_dir: Path, tracking: dict[str, str] | None = None,
             tracker.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
     trainer.write_history()  # also when a resumed run had no epoch left to train
-    checkpoint.save_atomic({"state_dict": trainer.net.state_dict(), "run_config": cfg.to_dict()},
+    checkpoint.save_atomic({"state_dict": trainer.student_state(), "run_config": cfg.to_dict()},
                            run_dir / checkpoint.FINAL)
     info = {
         "run_key": key, "run_name": run_name(cfg), "tags": tags, "params": params,
