@@ -12,8 +12,20 @@ from kdseg.distill.options import LogitKDOptions, OptionsError, parse_method
 
 def test_default_config_is_valid(config: dict) -> None:
     kdcfg.check_config(config)
-    assert kdcfg.student_subsets(config) == ["t1", "t1ce", "t2", "flair"]
-    assert list(kdcfg.resolved_methods(config)) == ["baseline", "logit_kd"]
+    assert kdcfg.student_subsets(config) == ["t1", "t1ce", "t2", "flair", "flair+t1ce"]
+    methods = kdcfg.resolved_methods(config)
+    # the default benchmark runs every registered method kind (issue 6)
+    assert {m["kind"] for m in methods.values()} == set(kdcfg.METHOD_OPTIONS)
+
+
+@pytest.mark.parametrize("method, teacher", [("baseline", None), ("logit_kd", "teacher"),
+                                             ("kdnet", "teacher"), ("pmkl", "teacher"),
+                                             ("ummkd", None), ("barlow_kd", None)])
+def test_only_two_stage_students_point_at_a_teacher_run(config: dict, method: str,
+                                                        teacher: str | None) -> None:
+    run = kdcfg.student_run_config(config, "flair+t1ce", method, 0, 0)
+    assert (run["teacher_dir"] is not None) == (teacher is not None)
+    assert run["method"]["kind"] == method
 
 
 def test_all_subsets_order_and_count() -> None:

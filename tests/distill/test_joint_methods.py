@@ -32,9 +32,8 @@ def _joint_pair(distiller, model: ModelConfig, n_student: int, norm: str = "inst
 
 
 def _norm_params(net: nn.Module) -> list[nn.Parameter]:
-    return [p for m in net.modules() if isinstance(m, nn.modules.instancenorm._InstanceNorm
-                                                   | nn.modules.batchnorm._BatchNorm)
-            for p in m.parameters()]
+    norms = nn.GroupNorm | nn.modules.instancenorm._InstanceNorm | nn.modules.batchnorm._BatchNorm
+    return [p for m in net.modules() if isinstance(m, norms) for p in m.parameters()]
 
 
 # ------------------------------------------------------------------------------------ ummkd

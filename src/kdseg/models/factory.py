@@ -43,12 +43,13 @@ class NetOutput:
 def build_network(model: ModelConfig, in_channels: int, num_classes: int) -> DynUNet:
     """A ``DynUNet`` with ``len(model.filters)`` levels; input ``(B, in_channels, D, H, W)``.
 
-    Spatial sizes must be divisible by ``2 ** (len(filters) - 1)``.
+    Spatial sizes must be divisible by ``2 ** (len(filters) - 1)``. Instance normalisation
+    (nnU-Net's) is implemented as ``GroupNorm(C, C)`` (same maths, faster; see below).
     """
     levels = len(model.filters)
     if levels < 3:  # MONAI's DynUNet needs an input block, >= 1 downsampling and a bottleneck
         raise ValueError(f"model.filters needs at least 3 levels, got {list(model.filters)}")
-    return DynUNet(
+    net = DynUNet(
         spatial_dims=3,
         in_channels=in_channels,
         out_channels=num_classes,
@@ -63,6 +64,37 @@ def build_network(model: ModelConfig, in_channels: int, num_classes: int) -> Dyn
         deep_supervision=False,
         res_block=False,
     )
+    if model.norm == "instance":
+        _instance_norm_to_group_norm(net)
+    return net
+
+
+def _instance_norm_to_group_norm(net: nn.Module) -> None:
+    """Replace each ``InstanceNorm3d(C, affine=True)`` by ``GroupNorm(C, C)``: the same maths
+    (one group per channel, biased variance, ``eps`` inside the square root, per-channel affine;
+    identical parameter names), but PyTorch's GroupNorm kernel works on channels-last tensors
+    without the copies InstanceNorm's batch-norm reshaping makes. Measured on one CPU thread at
+    32³ (benchmarks/step_time.py): teacher forward 0.062 s -> 0.036 s, student step
+    0.226 s -> 0.164 s together with channels-last (:func:`to_device`)."""
+    for module in list(net.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, nn.InstanceNorm3d):
+                group = nn.GroupNorm(child.num_features, child.num_features, eps=child.eps,
+                                     affine=child.affine)
+                setattr(module, name, group)
+
+
+def to_device(net: nn.Module, device: torch.device) -> nn.Module:
+    """Move ``net`` to ``device`` in the memory format that is fastest there.
+
+    On the CPU 3D convolutions (oneDNN) run much faster channels-last (``channels_last_3d``);
+    inputs may stay contiguous, the first convolution's output follows the weights' format. On
+    CUDA the format is left alone until it is measured on a GPU.
+    """
+    net = net.to(device)
+    if device.type == "cpu":
+        net = net.to(memory_format=torch.channels_last_3d)
+    return net
 
 
 def tap_modules(net: DynUNet) -> dict[str, nn.Module]:

@@ -106,12 +106,18 @@ def comparison_markdown(summary: pd.DataFrame, digits: dict[str, int] | None = N
 
 
 def write_summary(run_dirs: Sequence[Path], out_dir: Path) -> tuple[pd.DataFrame, str]:
-    """Write ``metrics_long.csv``, ``comparison.csv`` and ``comparison.md`` into ``out_dir``."""
+    """Write ``metrics_long.csv``, ``comparison.csv``, ``cost.csv`` and ``comparison.md``
+    (accuracy tables, then the training-cost table) into ``out_dir``."""
+    from kdseg.report.cost import collect_costs, cost_markdown
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     long = collect_metrics(run_dirs)
     summary = summarise(long)
-    markdown = comparison_markdown(summary)
+    costs = collect_costs(run_dirs)
+    markdown = comparison_markdown(summary) + "\n" + cost_markdown(costs)
+    with atomic_path(out_dir / "cost.csv") as tmp:
+        costs.to_csv(tmp, index=False)
     with atomic_path(out_dir / "metrics_long.csv") as tmp:
         long.drop(columns="row_order").to_csv(tmp, index=False)
     with atomic_path(out_dir / "comparison.csv") as tmp:

@@ -44,7 +44,7 @@ from kdseg.distill.registry import build_distiller
 from kdseg.evaluation.metrics import dice
 from kdseg.fileio import atomic_path
 from kdseg.inference.predict import load_model, predict_classes
-from kdseg.models.factory import NetOutput, build_network, forward_with_taps
+from kdseg.models.factory import NetOutput, build_network, forward_with_taps, to_device
 from kdseg.tracking import epoch_metrics_logged_tag
 from kdseg.training import checkpoint, runinfo
 
@@ -170,14 +170,15 @@ class Trainer:
                                  unpaired=self.distiller.unpaired)
         torch.manual_seed(cfg.seed)  # identical initial student weights for every method
         n_in = self.distiller.student_in_channels(len(cfg.input_modalities), n_all)
-        self.net = build_network(cfg.model, n_in, self.num_classes).to(self.device)
+        self.net = to_device(build_network(cfg.model, n_in, self.num_classes), self.device)
         self.joint = self.distiller.teacher == "joint"
         self.teacher: torch.nn.Module | None = None
         self.teacher_channels: list[int] = []
         if self.distiller.teacher == "frozen":
             self.teacher, self.teacher_channels = load_teacher(cfg, self.device)
         elif self.joint:  # a full-modality teacher path trained in the same steps
-            self.teacher = build_network(cfg.model, n_all, self.num_classes).to(self.device)
+            self.teacher = to_device(build_network(cfg.model, n_all, self.num_classes),
+                                     self.device)
             self.teacher_channels = list(range(n_all))
             self.distiller.bind(self.net, self.teacher)
         self.seg_loss = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False,
@@ -215,7 +216,7 @@ class Trainer:
         """The trained student as the plain network inference builds (eval mode)."""
         net = build_network(self.cfg.model, len(self.cfg.input_modalities), self.num_classes)
         net.load_state_dict(self.student_state())
-        return net.to(self.device).eval()
+        return to_device(net, self.device).eval()
 
     def try_resume(self) -> None:
         """Continue from ``checkpoint_last.pt`` if it belongs to this exact run config and

@@ -1,0 +1,60 @@
+"""What each model cost to train, from the run folders' ``run.json`` and ``history.csv``.
+
+A fair comparison states cost next to accuracy: a two-stage method reuses one teacher run per
+fold × seed (listed once as the teacher row), a single-stage method trains its teacher path
+inside every student job, so its per-job time already includes the teacher.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from kdseg.distill.options import METHOD_OPTIONS
+
+TEACHER_NOTE = {"none": "none", "frozen": "frozen teacher run (shared)",
+                "joint": "teacher path trained in the job"}
+
+
+def collect_costs(run_dirs: Sequence[Path]) -> pd.DataFrame:
+    """One row per run: identity, teacher mode, steps, training seconds, s/step, peak memory."""
+    rows = []
+    for run_dir in map(Path, run_dirs):
+        cfg = yaml.safe_load((run_dir / "run_config.yaml").read_text())
+        info = json.loads((run_dir / "run.json").read_text())
+        train = cfg["train"]
+        steps = int(train["epochs"]) * int(train["iterations_per_epoch"])
+        kind = cfg["method"]["kind"]
+        teacher = "-" if cfg["stage"] == "teacher" else METHOD_OPTIONS[kind].teacher
+        rows.append({
+            "stage": cfg["stage"], "subset": cfg["subset"], "method": cfg["method"]["name"],
+            "fold": cfg["fold"], "seed": cfg["seed"], "teacher": teacher, "steps": steps,
+            "train_s": float(info.get("train_time_s", float("nan"))),
+            "peak_rss_mb": float(info.get("peak_rss_mb", float("nan"))),
+            "device": info.get("device", ""),
+        })
+    table = pd.DataFrame(rows)
+    table["s_per_step"] = table["train_s"] / table["steps"]
+    return table
+
+
+def cost_markdown(costs: pd.DataFrame) -> str:
+    """Per model kind (teacher, then each method): mean training time per job and per step."""
+    grouped = costs.groupby(["stage", "method", "teacher"], sort=False).agg(
+        jobs=("train_s", "size"), train_s=("train_s", "mean"), s_per_step=("s_per_step", "mean"),
+        steps=("steps", "first"), peak_rss_mb=("peak_rss_mb", "max")).reset_index()
+    base = grouped.loc[grouped["method"] == "baseline", "s_per_step"]
+    lines = ["**Training cost** — mean per job (every job's device is in its `run.json`)", "",
+             "| model | teacher | jobs | steps | train s | s/step | × baseline | peak RSS MB |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in grouped.itertuples():
+        label = "teacher (all modalities)" if row.stage == "teacher" else row.method
+        ratio = f"{row.s_per_step / base.iloc[0]:.2f}" if len(base) else "–"
+        note = TEACHER_NOTE.get(row.teacher, "—")
+        lines.append(f"| {label} | {note} | {row.jobs} | {row.steps} | {row.train_s:.0f} | "
+                     f"{row.s_per_step:.3f} | {ratio} | {row.peak_rss_mb:.0f} |")
+    return "\n".join(lines) + "\n"

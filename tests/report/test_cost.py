@@ -1,0 +1,39 @@
+"""Training-cost table: golden seconds per step and ratios from hand-written run folders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kdseg.report.cost import collect_costs, cost_markdown
+
+
+def _run(root: Path, stage: str, method: str, kind: str, train_s: float,
+         iterations: int = 10) -> Path:
+    run = root / f"{stage}-{method}"
+    run.mkdir()
+    cfg = {"stage": stage, "subset": "t1" if stage == "student" else "all",
+           "method": {"name": method, "kind": kind}, "fold": 0, "seed": 0,
+           "train": {"epochs": 2, "iterations_per_epoch": iterations}}
+    (run / "run_config.yaml").write_text(yaml.safe_dump(cfg))
+    (run / "run.json").write_text(json.dumps({"train_time_s": train_s, "peak_rss_mb": 500.0,
+                                              "device": "cpu"}))
+    return run
+
+
+def test_cost_per_step_and_ratio_to_baseline(tmp_path: Path) -> None:
+    runs = [_run(tmp_path, "teacher", "teacher", "baseline", 40.0, iterations=20),
+            _run(tmp_path, "student", "baseline", "baseline", 10.0),
+            _run(tmp_path, "student", "logit_kd", "logit_kd", 12.5),
+            _run(tmp_path, "student", "ummkd", "ummkd", 21.0)]
+    costs = collect_costs(runs)
+    assert costs["steps"].tolist() == [40, 20, 20, 20]
+    assert costs["s_per_step"].tolist() == pytest.approx([1.0, 0.5, 0.625, 1.05])
+    assert costs["teacher"].tolist() == ["-", "none", "frozen", "joint"]
+    md = cost_markdown(costs)
+    assert "| logit_kd | frozen teacher run (shared) | 1 | 20 | 12 | 0.625 | 1.25 | 500 |" in md
+    assert "| ummkd | teacher path trained in the job | 1 | 20 | 21 | 1.050 | 2.10 | 500 |" in md
+    assert "| teacher (all modalities) | — | 1 | 40 | 40 | 1.000 | 2.00 | 500 |" in md
