@@ -175,7 +175,27 @@ def test_barlow_deep_supervision_trains_both_paths_heads() -> None:
 
 
 def test_barlow_pixel_kd_option_adds_a_term_without_teacher_gradient() -> None:
-    _distiller, _, teacher, terms = _barlow_outputs(pixel_kd_weight=1.0, ds_weight=0.0)
-    assert set(terms) == {"kd_barlow", "kd_pixel"}
+    _, _, teacher, terms = _barlow_outputs(pixel_kd_weight=1.0)
+    assert set(terms) == {"ds_student", "ds_teacher", "kd_barlow", "kd_pixel"}
     terms["kd_pixel"].backward()
     assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_barlow_pixel_kd_without_deep_supervision_uses_full_resolution_only() -> None:
+    """With ds_weight 0 the teacher's low-resolution heads are never trained: not a target."""
+    from kdseg.models.factory import NetOutput
+
+    distiller = build_distiller({"name": "b", "kind": "barlow_kd", "pixel_kd_weight": 2.0,
+                                 "ds_weight": 0.0}, MODEL4, K)
+    torch.manual_seed(0)
+
+    def out() -> NetOutput:
+        return NetOutput(torch.randn(2, K, 8, 8, 8),
+                         {"bottleneck": torch.randn(2, 32, 1, 1, 1).expand(2, 32, 2, 2, 2) +
+                          torch.randn(2, 32, 2, 2, 2), "decoder_1": torch.randn(2, 8, 4, 4, 4)})
+
+    s, t = out(), out()
+    terms = distiller(s, t, torch.randint(0, K, (2, 1, 8, 8, 8)))
+    assert set(terms) == {"kd_barlow", "kd_pixel"}
+    expected = -(torch.softmax(t.logits, 1) * torch.log_softmax(s.logits, 1)).sum(1).mean()
+    torch.testing.assert_close(terms["kd_pixel"], 2.0 * expected)

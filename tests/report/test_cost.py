@@ -19,7 +19,8 @@ def _run(root: Path, stage: str, method: str, kind: str, train_s: float,
            "method": {"name": method, "kind": kind}, "fold": 0, "seed": 0,
            "train": {"epochs": 2, "iterations_per_epoch": iterations}}
     (run / "run_config.yaml").write_text(yaml.safe_dump(cfg))
-    (run / "run.json").write_text(json.dumps({"train_time_s": train_s, "peak_rss_mb": 500.0,
+    (run / "run.json").write_text(json.dumps({"train_time_s": train_s + 2.0,
+                                              "steps_time_s": train_s, "peak_rss_mb": 500.0,
                                               "device": "cpu"}))
     return run
 
@@ -34,6 +35,15 @@ def test_cost_per_step_and_ratio_to_baseline(tmp_path: Path) -> None:
     assert costs["s_per_step"].tolist() == pytest.approx([1.0, 0.5, 0.625, 1.05])
     assert costs["teacher"].tolist() == ["-", "none", "frozen", "joint"]
     md = cost_markdown(costs)
-    assert "| logit_kd | frozen teacher run (shared) | 1 | 20 | 12 | 0.625 | 1.25 | 500 |" in md
-    assert "| ummkd | teacher path trained in the job | 1 | 20 | 21 | 1.050 | 2.10 | 500 |" in md
-    assert "| teacher (all modalities) | — | 1 | 40 | 40 | 1.000 | 2.00 | 500 |" in md
+    # train s includes validation (+2 s here); s/step and the ratio use the steps' time only
+    assert "| logit_kd | frozen teacher run (shared) | 1 | 20 | 14 | 0.625 | 1.25 | 500 |" in md
+    assert "| ummkd | teacher path trained in the job | 1 | 20 | 23 | 1.050 | 2.10 | 500 |" in md
+    assert "| teacher (all modalities) | — | 1 | 40 | 42 | 1.000 | 2.00 | 500 |" in md
+    assert "(device: cpu)" in md
+
+
+def test_cost_without_baseline_or_runs(tmp_path: Path) -> None:
+    md = cost_markdown(collect_costs([_run(tmp_path, "student", "ummkd", "ummkd", 21.0)]))
+    assert "| 1.050 | – |" in md
+    with pytest.raises(ValueError, match="no runs"):
+        collect_costs([])

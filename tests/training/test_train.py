@@ -153,24 +153,6 @@ def test_single_stage_methods_need_no_teacher_and_export_a_plain_student(
     assert pred.exists()
 
 
-def test_single_stage_resume_gives_the_same_model(tmp_path: Path, tiny_data: dict,
-                                                  make_run_config) -> None:
-    from kdseg.training.loop import Trainer
-
-    cfg = _joint_run_config(tiny_data, make_run_config, "ummkd", epochs=2)
-    full, interrupted = tmp_path / "full", tmp_path / "interrupted"
-    for run_dir in (full, interrupted):
-        write_run_config(cfg, run_dir / "run_config.yaml")
-    train_run(full, threads=1)
-    Trainer(interrupted).fit(until_epoch=1)
-    train_run(interrupted, threads=1)
-    assert json.loads((interrupted / "run.json").read_text())["resumed_from_epoch"] == 1
-    a, _ = checkpoint.load_model_file(full / checkpoint.FINAL)
-    b, _ = checkpoint.load_model_file(interrupted / checkpoint.FINAL)
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], msg=key)
-
-
 def test_rerun_after_input_change_does_not_resume_stale_weights(
         tmp_path: Path, tiny_data: dict, make_run_config) -> None:
     """Same run config, new split contents (as after changing n_cases): the finished checkpoint

@@ -10,10 +10,11 @@ optimizer step updates both from the sum of
   stages against nearest-downsampled labels, with nnU-Net's weights (``2^-k`` relative to the
   full-resolution output, the lowest resolution weighted 0),
 * ``bt_weight`` · Barlow Twins between projected bottleneck features of the two paths, each
-  bottleneck voxel one sample (docs/methods.md §4.10 item 1: with batch 2 a per-patch
-  cross-correlation is degenerate),
-* optionally (``pixel_kd_weight`` > 0) CE of the student's outputs at every supervised
-  resolution against the teacher path's predictions (the other reading of "pixel-level KD").
+  bottleneck voxel one sample (with batch 2 a per-patch cross-correlation is degenerate;
+  docs/methods.md),
+* optionally (``pixel_kd_weight`` > 0) CE of the student's outputs against the teacher path's
+  (detached, T = 1) predictions at full resolution and, when deep supervision is on, at every
+  supervised resolution (the other reading of "pixel-level KD").
 
 The heads and projectors live here, so the exported student is a plain network.
 """
@@ -116,11 +117,15 @@ class BarlowKD(Distiller):
         h_t = voxels_as_samples(teacher.features[LATENT].float())
         if not opts.bt_to_teacher:
             h_t = h_t.detach()
-        z_s, z_t = self.student_projector(h_s), self.teacher_projector(h_t)
-        terms["kd_barlow"] = opts.bt_weight * barlow_twins(z_t, z_s, opts.bt_lambda)
+        # fp32 even under bf16 autocast: the diagonal C_kk ≈ 1 would be quantised in steps of
+        # ~0.004 in bf16, which is the size of the signal the loss works with.
+        with torch.autocast(h_s.device.type, enabled=False):
+            z_s, z_t = self.student_projector(h_s), self.teacher_projector(h_t)
+            terms["kd_barlow"] = opts.bt_weight * barlow_twins(z_t, z_s, opts.bt_lambda)
         if opts.pixel_kd_weight > 0:
             pairs = [(student.logits.float(), teacher.logits.float(), 1.0)]
-            pairs += [(zs, zt, w) for (zs, w), (zt, _) in zip(s_ds, t_ds, strict=True)]
+            if opts.ds_weight > 0:  # the teacher's low-resolution heads are trained only then
+                pairs += [(zs, zt, w) for (zs, w), (zt, _) in zip(s_ds, t_ds, strict=True)]
             terms["kd_pixel"] = opts.pixel_kd_weight * sum(
                 w * -(F.softmax(zt.detach(), dim=1) * F.log_softmax(zs, dim=1)).sum(1).mean()
                 for zs, zt, w in pairs)

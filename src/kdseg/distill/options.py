@@ -152,8 +152,9 @@ class BarlowKDOptions(MethodOptions):
 
     Readings of the paper's ambiguities (docs/methods.md): the teacher's latent is detached in
     the Barlow Twins term unless ``bt_to_teacher``; ``pixel_kd_weight`` > 0 adds the other
-    reading of the pixel-level term (student outputs at every supervised resolution trained
-    with CE against the teacher path's softened predictions).
+    reading of the pixel-level term (student outputs trained with CE against the teacher
+    path's detached predictions, T = 1, at full resolution and at every deep-supervision
+    resolution when ``ds_weight`` > 0).
     """
 
     teacher: ClassVar[str] = "joint"

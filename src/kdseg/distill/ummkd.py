@@ -7,7 +7,7 @@ the two paths as two ``DynUNet`` instances of the same architecture and :meth:`U
 the student path's convolutions use the teacher path's parameters (the same ``Parameter``
 objects), so one optimizer step updates the shared kernels from both streams' losses.
 
-First-conv channel mismatch (docs/methods.md §2.9 item 4):
+First-conv channel mismatch (an open choice of the paper; docs/methods.md):
 
 * ``zero_fill`` (default): the student stream takes all modalities with the missing ones set to
   zero, so the first kernel is shared too. A zero channel contributes nothing to a convolution,
@@ -39,6 +39,10 @@ def share_convolutions(student: nn.Module, teacher: nn.Module,
     """Make every convolution of ``student`` use the parameters of the same-named convolution
     of ``teacher`` (normalisation layers stay separate). Returns the number of shared layers.
 
+    The shared parameters keep the student's initial values, so a seed's student path starts
+    where every other method's student starts (apart from a zero-filled stem, which has more
+    input channels).
+
     Both networks must have the same architecture; modules named in ``skip`` keep their own
     parameters.
     """
@@ -54,6 +58,10 @@ def share_convolutions(student: nn.Module, teacher: nn.Module,
         if other.weight.shape != module.weight.shape:
             raise ValueError(f"ummkd: convolution {name!r} is {tuple(module.weight.shape)} in the "
                              f"student path but {tuple(other.weight.shape)} in the teacher path")
+        with torch.no_grad():  # start from the student's initial weights (as every method)
+            other.weight.copy_(module.weight)
+            if module.bias is not None:
+                other.bias.copy_(module.bias)
         module.weight = other.weight
         if module.bias is not None:
             module.bias = other.bias

@@ -66,7 +66,14 @@ def load_model(run_dir: Path, device: torch.device) -> tuple[torch.nn.Module, Ru
     cfg = parse_run_config(cfg_dict, f"{path}:run_config")
     num_classes = get_convention(cfg.labels).num_classes
     net = build_network(cfg.model, len(cfg.input_modalities), num_classes)
-    net.load_state_dict(state)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as err:  # e.g. a model.pt written by an older network definition
+        detail = str(err).splitlines()[1].strip() if "\n" in str(err) else str(err)
+        raise ValueError(f"{path}: the weights do not fit the network kdseg builds from its "
+                         f"run config ({detail}); it was probably trained by an older kdseg "
+                         f"version: retrain it (delete the run folder, or snakemake "
+                         f"--forcerun on its train rule)") from None
     return to_device(net, device).eval(), cfg
 
 

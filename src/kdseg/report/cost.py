@@ -21,7 +21,9 @@ TEACHER_NOTE = {"none": "none", "frozen": "frozen teacher run (shared)",
 
 
 def collect_costs(run_dirs: Sequence[Path]) -> pd.DataFrame:
-    """One row per run: identity, teacher mode, steps, training seconds, s/step, peak memory."""
+    """One row per run: identity, teacher mode, steps, training seconds (``train_s``: epochs
+    incl. validation; ``steps_s``: the optimisation steps incl. data loading), s/step (from
+    ``steps_s``), peak memory."""
     rows = []
     for run_dir in map(Path, run_dirs):
         cfg = yaml.safe_load((run_dir / "run_config.yaml").read_text())
@@ -34,11 +36,14 @@ def collect_costs(run_dirs: Sequence[Path]) -> pd.DataFrame:
             "stage": cfg["stage"], "subset": cfg["subset"], "method": cfg["method"]["name"],
             "fold": cfg["fold"], "seed": cfg["seed"], "teacher": teacher, "steps": steps,
             "train_s": float(info.get("train_time_s", float("nan"))),
+            "steps_s": float(info.get("steps_time_s", float("nan"))),
             "peak_rss_mb": float(info.get("peak_rss_mb", float("nan"))),
             "device": info.get("device", ""),
         })
+    if not rows:
+        raise ValueError("collect_costs: no runs")
     table = pd.DataFrame(rows)
-    table["s_per_step"] = table["train_s"] / table["steps"]
+    table["s_per_step"] = table["steps_s"] / table["steps"]  # validation excluded
     return table
 
 
@@ -47,8 +52,12 @@ def cost_markdown(costs: pd.DataFrame) -> str:
     grouped = costs.groupby(["stage", "method", "teacher"], sort=False).agg(
         jobs=("train_s", "size"), train_s=("train_s", "mean"), s_per_step=("s_per_step", "mean"),
         steps=("steps", "first"), peak_rss_mb=("peak_rss_mb", "max")).reset_index()
-    base = grouped.loc[grouped["method"] == "baseline", "s_per_step"]
-    lines = ["**Training cost** — mean per job (every job's device is in its `run.json`)", "",
+    base = grouped.loc[(grouped["method"] == "baseline") & (grouped["stage"] == "student"),
+                       "s_per_step"]
+    devices = ", ".join(sorted(map(str, set(costs["device"])))) or "unknown"
+    lines = [f"**Training cost** — mean per job; s/step = optimisation steps incl. data loading, "
+             f"validation excluded; train s = whole training incl. validation "
+             f"(device: {devices})", "",
              "| model | teacher | jobs | steps | train s | s/step | × baseline | peak RSS MB |",
              "|---|---|---|---|---|---|---|---|"]
     for row in grouped.itertuples():

@@ -168,9 +168,9 @@ class Trainer:
         self.data = PatchDataset(Path(cfg.preprocessed_dir), split["train"],
                                  cfg.train.patch_size, cfg.train.foreground_prob, cfg.seed,
                                  unpaired=self.distiller.unpaired)
-        torch.manual_seed(cfg.seed)  # identical initial student weights for every method
-        n_in = self.distiller.student_in_channels(len(cfg.input_modalities), n_all)
-        self.net = to_device(build_network(cfg.model, n_in, self.num_classes), self.device)
+        n_student = len(cfg.input_modalities)
+        n_in = self.distiller.student_in_channels(n_student, n_all)
+        self.net = to_device(self._initial_student(n_student, n_in), self.device)
         self.joint = self.distiller.teacher == "joint"
         self.teacher: torch.nn.Module | None = None
         self.teacher_channels: list[int] = []
@@ -183,14 +183,37 @@ class Trainer:
             self.distiller.bind(self.net, self.teacher)
         self.seg_loss = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False,
                                    batch=True)
-        params = [*self.net.parameters(), *self.distiller.parameters()]
+        # Gradient clipping per network (student, joint teacher path, method heads), so a
+        # jointly trained teacher's gradients never shrink the student's step.
+        groups = [list(self.net.parameters())]
         if self.joint:
-            params += list(self.teacher.parameters())  # type: ignore[union-attr]
-        self.params = list({id(p): p for p in params}.values())  # shared kernels once
+            groups.append(list(self.teacher.parameters()))  # type: ignore[union-attr]
+        groups.append(list(self.distiller.parameters()))
+        seen: set[int] = set()
+        self.clip_groups = []
+        for group in groups:  # a shared kernel (ummkd) belongs to the first group only
+            unique = [p for p in group if id(p) not in seen]
+            seen.update(map(id, unique))
+            if unique:
+                self.clip_groups.append(unique)
+        self.params = [p for group in self.clip_groups for p in group]
         self.optimizer = make_optimizer(self.params, cfg.train)
         self.scheduler = make_scheduler(self.optimizer, cfg.train)
         self.history: list[dict[str, float]] = []
         self.start_epoch = 0
+
+    def _initial_student(self, n_student: int, n_in: int) -> torch.nn.Module:
+        """The student network with the seed's initial weights, identical for every method of
+        a seed; a wider training-time stem (ummkd's zero fill) keeps its own draw."""
+        torch.manual_seed(self.cfg.seed)
+        plain = build_network(self.cfg.model, n_student, self.num_classes)
+        if n_in == n_student:
+            return plain
+        wide = build_network(self.cfg.model, n_in, self.num_classes)
+        own = wide.state_dict()
+        wide.load_state_dict({k: v if v.shape == own[k].shape else own[k]
+                              for k, v in plain.state_dict().items()})
+        return wide
 
     # ---------------------------------------------------------------- resume
     def state(self) -> dict[str, Any]:
@@ -284,7 +307,8 @@ class Trainer:
                                      f"{ {k: v.item() for k, v in terms.items()} })")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.params, self.cfg.train.grad_clip)
+        for group in self.clip_groups:
+            torch.nn.utils.clip_grad_norm_(group, self.cfg.train.grad_clip)
         self.optimizer.step()
         return {"loss": loss.item(), **{k: v.item() for k, v in terms.items()}}
 
@@ -312,16 +336,19 @@ class Trainer:
             batches = iter(loader)
             bar = tqdm(range(train.iterations_per_epoch), desc=f"epoch {epoch + 1}/{train.epochs}",
                        file=sys.stderr, mininterval=1 if sys.stderr.isatty() else 30, leave=False)
+            t_steps = time.perf_counter()
             for _ in bar:
                 for key, value in self.step(*next(batches)).items():
                     sums[key] += value
                 bar.set_postfix(loss=f"{sums['loss'] / (bar.n + 1):.3f}", refresh=False)
+            steps_s = time.perf_counter() - t_steps  # data + optimisation, no validation
             row: dict[str, float] = {"epoch": epoch}
             row.update({f"train/{k}": v / train.iterations_per_epoch for k, v in sums.items()})
             row["lr"] = self.optimizer.param_groups[0]["lr"]
             self.scheduler.step()
             if self.val_cases and ((epoch + 1) % train.val_every == 0 or epoch + 1 == train.epochs):
                 row.update(validate(self.student_network(), cfg, self.val_cases, self.device))
+            row["time/steps_s"] = steps_s
             row["time/epoch_s"] = time.perf_counter() - t0
             self.history.append(row)
             checkpoint.save_atomic(self.state(), self.run_dir / checkpoint.LAST)
@@ -385,6 +412,7 @@ def train_run(run_dir: Path, tracking: dict[str, str] | None = None,
         "threads": torch.get_num_threads(), "resumed_from_epoch": trainer.start_epoch,
         "wall_time_s": time.time() - started,
         "train_time_s": float(sum(r.get("time/epoch_s", 0.0) for r in trainer.history)),
+        "steps_time_s": float(sum(r.get("time/steps_s", 0.0) for r in trainer.history)),
         "final": last, **runinfo.peak_memory_mb(trainer.device),
         "mlflow_run_id": getattr(tracker, "run_id", None),
     }
