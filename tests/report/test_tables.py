@@ -58,3 +58,21 @@ def test_markdown_has_one_row_per_model() -> None:
     md = comparison_markdown(summarise(long))
     assert "| teacher (all) | 0.800 ± 0.141 (0.800) | 0.800 |" in md
     assert "| t1 · baseline | 0.400 ± 0.283 (0.400) | 0.400 |" in md
+
+
+def test_paired_markdown_marks_significant_rows() -> None:
+    from kdseg.report.stats import compare_to_reference
+    from kdseg.report.tables import paired_markdown
+
+    cases = {f"c{i}": 0.1 * i for i in range(8)}
+    long = pd.DataFrame(
+        _rows("student", "t1", "baseline", 0, cases, 0)
+        + _rows("student", "t1", "better", 0, {c: v + 0.1 for c, v in cases.items()}, 1)
+        + _rows("student", "t1", "same", 0, cases, 2))
+    md = paired_markdown(compare_to_reference(long, n_boot=200))
+    assert "**Δ DICE vs baseline**" in md
+    better = next(line for line in md.splitlines() if line.startswith("| t1 · better"))
+    same = next(line for line in md.splitlines() if line.startswith("| t1 · same"))
+    # exact Wilcoxon p for 8 positive differences is 2/256; Holm over the 2 rows doubles it
+    assert "+0.100 [+0.100, +0.100]" in better and "p=0.016*" in better
+    assert "+0.000" in same and "*" not in same

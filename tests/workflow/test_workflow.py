@@ -124,7 +124,13 @@ def test_end_to_end_outputs(tiny_run: tuple[Path, Path]) -> None:
         for method in ("baseline", "logit_kd", "ummkd", "barlow_kd")]
     assert set(summary["region"]) == {"WT", "TC", "ET"}
     assert set(summary["metric"]) == {"dice", "hd95"}
-    assert "| teacher (flair+t1+t1ce+t2) |" in (data / "summary/comparison.md").read_text()
+    markdown = (data / "summary/comparison.md").read_text()
+    assert "| teacher (flair+t1+t1ce+t2) |" in markdown
+    assert "**Δ DICE vs baseline**" in markdown and "**Training cost**" in markdown
+    paired = pd.read_csv(data / "summary/paired_vs_baseline.csv")
+    assert set(paired["method"]) == {"logit_kd", "ummkd", "barlow_kd"}
+    assert len(paired) == 2 * 3 * 3 * 2  # subsets x methods x regions x metrics
+    assert len(pd.read_csv(data / "summary/cost.csv")) == 9
     long = pd.read_csv(data / "summary/metrics_long.csv")
     assert {"case", "region", "metric", "value", "empty_state"} <= set(long.columns)
     # predictions are in the original geometry of the source files

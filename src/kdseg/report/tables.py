@@ -105,9 +105,35 @@ def comparison_markdown(summary: pd.DataFrame, digits: dict[str, int] | None = N
     return "\n\n".join(out) + "\n"
 
 
+def paired_markdown(stats: pd.DataFrame, metric: str = "dice", digits: int = 3) -> str:
+    """Δ vs the reference per subset · method (rows) and region (columns): median paired
+    difference [95 % bootstrap CI], Holm-adjusted Wilcoxon p; ``*`` marks p_holm < 0.05."""
+    table = stats[stats["metric"] == metric]
+    if table.empty:
+        return ""
+    regions = list(dict.fromkeys(table["region"]))
+    reference = table["reference"].iloc[0]
+    family = table["family"].iloc[0]
+    lines = [f"**Δ {metric.upper()} vs {reference}** — median paired difference per case "
+             f"[95 % bootstrap CI], Holm-adjusted Wilcoxon p (family: {family}); "
+             f"* = p < 0.05", "",
+             f"| model | {' | '.join(regions)} |", "|" + "---|" * (len(regions) + 1)]
+    for (subset, method), rows in table.groupby(["subset", "method"], sort=False):
+        by_region = rows.set_index("region")
+        cells = []
+        for r in regions:
+            row = by_region.loc[r]
+            star = "*" if row["significant"] else ""
+            cells.append(f"{row['median_diff']:+.{digits}f} [{row['ci_low']:+.{digits}f}, "
+                         f"{row['ci_high']:+.{digits}f}] p={row['p_holm']:.2g}{star}")
+        lines.append(f"| {subset} · {method} | {' | '.join(cells)} |")
+    return "\n".join(lines) + "\n"
+
+
 def write_summary(run_dirs: Sequence[Path], out_dir: Path) -> tuple[pd.DataFrame, str]:
-    """Write ``metrics_long.csv``, ``comparison.csv``, ``cost.csv`` and ``comparison.md``
-    (accuracy tables, then the training-cost table) into ``out_dir``."""
+    """Write ``metrics_long.csv``, ``comparison.csv``, ``cost.csv``,
+    ``paired_vs_baseline.csv`` (when a baseline and another method ran) and ``comparison.md``
+    (accuracy tables, Δ Dice vs baseline, training cost) into ``out_dir``."""
     from kdseg.report.cost import collect_costs, cost_markdown
 
     out_dir = Path(out_dir)
@@ -115,7 +141,16 @@ def write_summary(run_dirs: Sequence[Path], out_dir: Path) -> tuple[pd.DataFrame
     long = collect_metrics(run_dirs)
     summary = summarise(long)
     costs = collect_costs(run_dirs)
-    markdown = comparison_markdown(summary) + "\n" + cost_markdown(costs)
+    markdown = comparison_markdown(summary)
+    students = long[long["stage"] == "student"]
+    if "baseline" in set(students["method"]) and students["method"].nunique() > 1:
+        from kdseg.report.stats import compare_to_reference
+
+        stats = compare_to_reference(long, reference="baseline")
+        with atomic_path(out_dir / "paired_vs_baseline.csv") as tmp:
+            stats.to_csv(tmp, index=False)
+        markdown += "\n" + paired_markdown(stats, "dice")
+    markdown += "\n" + cost_markdown(costs)
     with atomic_path(out_dir / "cost.csv") as tmp:
         costs.to_csv(tmp, index=False)
     with atomic_path(out_dir / "metrics_long.csv") as tmp:
