@@ -199,3 +199,19 @@ def test_barlow_pixel_kd_without_deep_supervision_uses_full_resolution_only() ->
     assert set(terms) == {"kd_barlow", "kd_pixel"}
     expected = -(torch.softmax(t.logits, 1) * torch.log_softmax(s.logits, 1)).sum(1).mean()
     torch.testing.assert_close(terms["kd_pixel"], 2.0 * expected)
+
+
+@pytest.mark.parametrize("kind, options, key", [
+    ("ummkd", {"first_conv": "replicate"}, "methods.m.first_conv"),
+    ("ummkd", {"temperature": 0}, "methods.m.temperature"),
+    ("ummkd", {"unpaired": "yes"}, "methods.m.unpaired"),
+    ("barlow_kd", {"projector_dim": 0}, "methods.m.projector_dim"),
+    ("barlow_kd", {"bt_weight": -1}, "methods.m.bt_weight"),
+    ("barlow_kd", {"bt_lamda": 0.01}, "unknown option(s) ['bt_lamda']"),
+])
+def test_bad_joint_method_options_name_the_key(kind: str, options: dict, key: str) -> None:
+    from kdseg.distill.options import OptionsError, parse_method
+
+    with pytest.raises(OptionsError) as err:
+        parse_method("m", {"kind": kind, **options})
+    assert key in str(err.value)
