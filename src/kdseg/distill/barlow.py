@@ -105,9 +105,10 @@ class BarlowKD(Distiller):
         opts = self._opts
         t_target = target if teacher_target is None else teacher_target
         terms: dict[str, torch.Tensor] = {}
-        s_ds = self._ds_outputs(student, self.student_heads)
-        t_ds = self._ds_outputs(teacher, self.teacher_heads)
-        if s_ds and opts.ds_weight > 0:
+        # the low-resolution heads are used (and trained) only with deep supervision on
+        s_ds = self._ds_outputs(student, self.student_heads) if opts.ds_weight > 0 else []
+        t_ds = self._ds_outputs(teacher, self.teacher_heads) if opts.ds_weight > 0 else []
+        if s_ds:
             terms["ds_student"] = opts.ds_weight * sum(
                 w * F.cross_entropy(z, downsample_labels(target, z.shape[2:])) for z, w in s_ds)
             terms["ds_teacher"] = opts.ds_weight * sum(
@@ -124,8 +125,7 @@ class BarlowKD(Distiller):
             terms["kd_barlow"] = opts.bt_weight * barlow_twins(z_t, z_s, opts.bt_lambda)
         if opts.pixel_kd_weight > 0:
             pairs = [(student.logits.float(), teacher.logits.float(), 1.0)]
-            if opts.ds_weight > 0:  # the teacher's low-resolution heads are trained only then
-                pairs += [(zs, zt, w) for (zs, w), (zt, _) in zip(s_ds, t_ds, strict=True)]
+            pairs += [(zs, zt, w) for (zs, w), (zt, _) in zip(s_ds, t_ds, strict=True)]
             terms["kd_pixel"] = opts.pixel_kd_weight * sum(
                 w * -(F.softmax(zt.detach(), dim=1) * F.log_softmax(zs, dim=1)).sum(1).mean()
                 for zs, zt, w in pairs)

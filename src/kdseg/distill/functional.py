@@ -62,6 +62,14 @@ def _check_same_shape(fn: str, name_a: str, a: torch.Tensor, name_b: str,
         )
 
 
+def _check_paired_samples(fn: str, name_a: str, a: torch.Tensor, name_b: str,
+                          b: torch.Tensor) -> None:
+    """``a`` is ``(N, D)`` and ``b`` has the same shape (paired embeddings)."""
+    if a.ndim != 2:
+        raise ValueError(f"{fn}: {name_a} must be (N, D), got shape {tuple(a.shape)}")
+    _check_same_shape(fn, name_a, a, name_b, b)
+
+
 def _check_channels_first(fn: str, name: str, x: torch.Tensor) -> None:
     if x.ndim < 2:
         raise ValueError(f"{fn}: {name} must be (B, C, *spatial), got shape {tuple(x.shape)}")
@@ -312,9 +320,7 @@ def contrastive_kd(student_emb: torch.Tensor, teacher_emb: torch.Tensor,
         Scalar tensor ``>= 0``.
     """
     fn = "contrastive_kd"
-    if student_emb.ndim != 2:
-        raise ValueError(f"{fn}: student_emb must be (N, D), got shape {tuple(student_emb.shape)}")
-    _check_same_shape(fn, "student_emb", student_emb, "teacher_emb", teacher_emb)
+    _check_paired_samples(fn, "student_emb", student_emb, "teacher_emb", teacher_emb)
     if not margin >= 0:
         raise ValueError(f"{fn}: margin must be >= 0, got {margin}")
     e_s = F.normalize(student_emb.float(), dim=1)
@@ -357,9 +363,7 @@ def barlow_twins(z_a: torch.Tensor, z_b: torch.Tensor, lambd: float) -> torch.Te
         Scalar tensor ``>= 0``.
     """
     fn = "barlow_twins"
-    if z_a.ndim != 2:
-        raise ValueError(f"{fn}: z_a must be (N, D), got shape {tuple(z_a.shape)}")
-    _check_same_shape(fn, "z_a", z_a, "z_b", z_b)
+    _check_paired_samples(fn, "z_a", z_a, "z_b", z_b)
     if z_a.shape[0] < 2:
         raise ValueError(f"{fn}: needs N >= 2 samples to standardise, got N={z_a.shape[0]}")
     return BarlowTwinsLoss(lambd=lambd)(z_a, z_b)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from kdseg.distill.options import METHOD_OPTIONS
+from kdseg.config import method_teacher
 
 TEACHER_NOTE = {"none": "none", "frozen": "frozen teacher run (shared)",
                 "joint": "teacher path trained in the job"}
@@ -30,8 +30,7 @@ def collect_costs(run_dirs: Sequence[Path]) -> pd.DataFrame:
         info = json.loads((run_dir / "run.json").read_text())
         train = cfg["train"]
         steps = int(train["epochs"]) * int(train["iterations_per_epoch"])
-        kind = cfg["method"]["kind"]
-        teacher = "-" if cfg["stage"] == "teacher" else METHOD_OPTIONS[kind].teacher
+        teacher = "-" if cfg["stage"] == "teacher" else method_teacher(cfg["method"])
         rows.append({
             "stage": cfg["stage"], "subset": cfg["subset"], "method": cfg["method"]["name"],
             "fold": cfg["fold"], "seed": cfg["seed"], "teacher": teacher, "steps": steps,

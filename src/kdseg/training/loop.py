@@ -217,12 +217,11 @@ class Trainer:
 
     # ---------------------------------------------------------------- resume
     def state(self) -> dict[str, Any]:
-        state = {"model": self.net.state_dict(), "distiller": self.distiller.state_dict(),
-                 "optimizer": self.optimizer.state_dict(),
-                 "scheduler": self.scheduler.state_dict(), "epoch": len(self.history),
-                 "history": self.history, "run_config": self.cfg.to_dict(), "inputs": self.inputs}
-        if self.joint:
-            state["teacher_path"] = self.teacher.state_dict()  # type: ignore[union-attr]
+        state = {key: module.state_dict() for key, module in self._modules_to_resume().items()}
+        state.update({"optimizer": self.optimizer.state_dict(),
+                      "scheduler": self.scheduler.state_dict(), "epoch": len(self.history),
+                      "history": self.history, "run_config": self.cfg.to_dict(),
+                      "inputs": self.inputs})
         return state
 
     def _modules_to_resume(self) -> dict[str, torch.nn.Module]:
