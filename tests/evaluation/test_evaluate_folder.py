@@ -13,6 +13,7 @@ import pytest
 
 from kdseg.data.labels import BRATS_LEGACY
 from kdseg.evaluation.evaluate import COLUMNS, evaluate_folder
+from kdseg.evaluation.metrics import METRICS
 
 SHAPE = (8, 8, 6)
 SPACING = (1.0, 1.0, 2.5)
@@ -75,22 +76,38 @@ def test_end_to_end(dirs: tuple[Path, Path], tmp_path: Path):
     df = evaluate_folder(pred_dir, ref_dir, BRATS_LEGACY, out_csv=out_csv, progress=False)
 
     assert list(df.columns) == list(COLUMNS)
-    assert len(df) == 3 * 3 * 2
+    assert list(COLUMNS) == ["case", "region", "metric", "value", "empty_state", "empty_rule",
+                             "nsd_tolerance_mm"]
+    assert len(df) == 3 * 3 * len(METRICS)
     assert list(df["case"].unique()) == ["a", "b", "c"]
     assert list(df["region"].unique()) == ["WT", "TC", "ET"]
+    assert list(df["metric"].unique()) == list(METRICS)
     assert set(df["empty_rule"]) == {"brats"}
+    assert set(df["nsd_tolerance_mm"]) == {1.0}
     v = values(df)
     for region in ("WT", "TC", "ET"):
         assert v[("a", region, "dice")] == 1.0
         assert v[("a", region, "hd95")] == 0.0
+        for metric in ("nsd", "sensitivity", "specificity"):
+            assert v[("a", region, metric)] == 1.0
     # b: 4x4x3 blocks overlapping in 2 of 3 slices -> 2 * 32 / 96; pure shift of 1 voxel along
     # z (far face 16 of 44 surface voxels) -> HD95 = 2.5 mm, the z spacing from the header.
     assert v[("b", "WT", "dice")] == pytest.approx(2 / 3)
     assert v[("b", "WT", "hd95")] == pytest.approx(2.5)
+    # b, NSD at 1 mm: of pred's 44 surface voxels, the 12-voxel rings of its slices z = 2, 3 lie
+    # on ref's surface (0 mm), the 4 inner voxels of its bottom face are 1 mm (in-plane) from
+    # ref's ring, its 16-voxel top face is 2.5 mm from ref's top face; ref -> pred mirrors it.
+    # (24 + 4) * 2 / (44 * 2) = 7/11.
+    assert v[("b", "WT", "nsd")] == pytest.approx(7 / 11)
+    # TP 32 of 48 reference voxels; 384 - 48 = 336 background voxels, 16 of them predicted.
+    assert v[("b", "WT", "sensitivity")] == pytest.approx(2 / 3)
+    assert v[("b", "WT", "specificity")] == pytest.approx(320 / 336)
     assert (v[("b", "TC", "dice")], v[("b", "TC", "hd95")]) == (1.0, 0.0)  # both empty
     assert v[("c", "TC", "dice")] == 1.0
     assert v[("c", "ET", "dice")] == 0.0
     assert v[("c", "ET", "hd95")] == pytest.approx(DIAGONAL)
+    assert (v[("c", "ET", "nsd")], v[("c", "ET", "sensitivity")]) == (0.0, 0.0)
+    assert (v[("b", "ET", "nsd")], v[("b", "ET", "sensitivity")]) == (1.0, 1.0)  # both empty
     states = {(r.case, r.region): r.empty_state for r in df.itertuples()}
     assert states[("b", "ET")] == "both_empty"
     assert states[("c", "ET")] == "pred_empty"
@@ -108,13 +125,42 @@ def test_nan_rule_round_trips_through_csv(dirs: tuple[Path, Path], tmp_path: Pat
         pred_dir, ref_dir, BRATS_LEGACY, empty_rule="nan", out_csv=out_csv, progress=False
     )
     empty_rows = df[df["empty_state"] != "none"]
-    assert len(empty_rows) == 2 * 2 + 2  # b: TC, ET both empty; c: ET pred empty
-    # NaN everywhere except the Dice of the missed region (c, ET), which is a well-defined 0
-    missed_dice = (empty_rows["empty_state"] == "pred_empty") & (empty_rows["metric"] == "dice")
-    assert (empty_rows.loc[missed_dice, "value"] == 0.0).all() and missed_dice.sum() == 1
-    assert empty_rows.loc[~missed_dice, "value"].isna().all()
+    assert len(empty_rows) == (2 + 1) * len(METRICS)  # b: TC, ET both empty; c: ET pred empty
+    # Raw definitions: both empty -> NaN except specificity (1, nothing predicted); prediction
+    # empty -> HD95 NaN, while Dice, NSD and sensitivity of the missed region are a defined 0.
+    nan_metrics = {
+        "both_empty": {"dice", "hd95", "nsd", "sensitivity"},
+        "pred_empty": {"hd95"},
+    }
+    for row in empty_rows.itertuples():
+        if row.metric in nan_metrics[row.empty_state]:
+            assert math.isnan(row.value), row
+        else:
+            assert row.value == (1.0 if row.metric == "specificity" else 0.0), row
     assert df.loc[df["empty_state"] == "none", "value"].notna().all()
-    assert pd.read_csv(out_csv)["value"].isna().sum() == len(empty_rows) - 1
+    assert pd.read_csv(out_csv)["value"].isna().sum() == 2 * 4 + 1
+
+
+def test_nsd_tolerance_reaches_rows(dirs: tuple[Path, Path], tmp_path: Path):
+    """Case b is shifted by one 2.5 mm voxel along z: every surface voxel is within 2.5 mm."""
+    pred_dir, ref_dir = dirs
+    out_csv = tmp_path / "metrics.csv"
+    df = evaluate_folder(
+        pred_dir, ref_dir, BRATS_LEGACY, out_csv=out_csv, progress=False, nsd_tolerance_mm=2.5
+    )
+    assert set(df["nsd_tolerance_mm"]) == {2.5}
+    assert values(df)[("b", "WT", "nsd")] == 1.0
+    assert set(pd.read_csv(out_csv)["nsd_tolerance_mm"]) == {2.5}
+
+
+@pytest.mark.parametrize("bad", [-1.0, math.nan, math.inf])
+def test_bad_nsd_tolerance_fails_before_work(dirs: tuple[Path, Path], tmp_path: Path, bad):
+    pred_dir, ref_dir = dirs
+    out_csv = tmp_path / "metrics.csv"
+    with pytest.raises(ValueError, match="NSD tolerance"):
+        evaluate_folder(pred_dir, ref_dir, BRATS_LEGACY, out_csv=out_csv, progress=False,
+                        nsd_tolerance_mm=bad)
+    assert not out_csv.exists()
 
 
 def test_case_subset_in_given_order(dirs: tuple[Path, Path]):

@@ -12,14 +12,21 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from kdseg.data.labels import BRATS_LEGACY
+from kdseg.evaluation import metrics as metrics_module
 from kdseg.evaluation.metrics import (
     EMPTY_RULES,
+    HIGHER_IS_BETTER,
+    METRICS,
+    check_nsd_tolerance,
     dice,
     empty_state,
     evaluate_case,
     hd95,
     image_diagonal_mm,
+    normalized_surface_dice,
     region_metrics,
+    sensitivity,
+    specificity,
 )
 
 SHAPE = (16, 16, 16)
@@ -123,6 +130,96 @@ def test_hd95_masks_touching_the_image_border():
     assert hd95(pred, ref, (1.0, 1.0, 1.0)) == pytest.approx(math.sqrt(2))
 
 
+# --- sensitivity / specificity / NSD golden values ---------------------------------------------
+
+
+def test_metric_constants():
+    assert METRICS == ("dice", "hd95", "nsd", "sensitivity", "specificity")
+    assert HIGHER_IS_BETTER == {
+        "dice": True, "hd95": False, "nsd": True, "sensitivity": True, "specificity": True
+    }
+
+
+def test_sensitivity_specificity_golden():
+    """4 x 4 x 1 image (16 voxels): ref is the 2 x 2 block at the origin, pred two of its voxels
+    plus the far corner.
+
+    TP = 2, FN = 2, FP = 1, TN = 16 - 4 - 1 = 11 -> sensitivity 2 / 4, specificity 11 / 12,
+    Dice 2 * 2 / (3 + 4) = 4 / 7.
+    """
+    ref = np.zeros((4, 4, 1), dtype=bool)
+    ref[0:2, 0:2] = True
+    pred = np.zeros((4, 4, 1), dtype=bool)
+    pred[0, 0:2] = True
+    pred[3, 3] = True
+    assert sensitivity(pred, ref) == 0.5
+    assert specificity(pred, ref) == pytest.approx(11 / 12, rel=1e-15)
+    assert dice(pred, ref) == pytest.approx(4 / 7, rel=1e-15)
+    # Not symmetric: with the roles swapped TP = 2, |R| = 3, FP = 2, background 13.
+    assert sensitivity(ref, pred) == pytest.approx(2 / 3, rel=1e-15)
+    assert specificity(ref, pred) == pytest.approx(11 / 13, rel=1e-15)
+
+
+@pytest.mark.parametrize(
+    ("tolerance", "expected"),
+    [(0.0, 2 / 7), (1.99, 2 / 7), (2.0, 4 / 7), (3.9, 4 / 7), (4.0, 6 / 7), (6.0, 1.0)],
+)
+def test_nsd_golden_line(tolerance: float, expected: float):
+    """Masks on a 12 x 1 x 1 line at 2 mm along x (every voxel is surface: its y/z neighbours
+    are outside the array, i.e. background).
+
+    ref = x 0..2 (3 voxels), pred = x 2..5 (4 voxels).
+    pred -> ref distances: x=2: 0, x=3: 2, x=4: 4, x=5: 6 mm.
+    ref -> pred distances: x=0: 4, x=1: 2, x=2: 0 mm.
+    Counted within tau, over 7 surface voxels: tau < 2 -> 1 + 1; 2 <= tau < 4 -> 2 + 2 (ties are
+    inside: ``<=``); 4 <= tau < 6 -> 3 + 3; tau >= 6 -> 4 + 3.
+    """
+    line = np.zeros((12, 1, 1), dtype=bool)
+    ref, pred = line.copy(), line.copy()
+    ref[0:3] = True
+    pred[2:6] = True
+    spacing = (2.0, 0.5, 0.7)  # the other axes have one voxel each and never enter a distance
+    assert normalized_surface_dice(pred, ref, spacing, tolerance) == pytest.approx(expected)
+    assert normalized_surface_dice(ref, pred, spacing, tolerance) == pytest.approx(expected)
+
+
+def test_nsd_golden_shifted_cubes():
+    """10-voxel cubes shifted by one voxel along x, 1 mm isotropic; 488 surface voxels each.
+
+    ref spans x 2..11, pred x 3..12. A pred surface voxel lies *on* ref's surface (distance 0)
+    when it is in the ring of 36 side voxels of an x-slice both cubes share: slices 3..11,
+    9 x 36 = 324. The other 164 (pred's top face x = 12, 100 voxels, and the 8 x 8 = 64 inner
+    voxels of its bottom face x = 3, which sit on ref's interior) are 1 mm from ref's surface.
+    ref -> pred is the mirror image. tau in [0, 1) -> 2 * 324 / (2 * 488) = 81/122; tau = 1 -> 1.
+    """
+    ref = cube((2, 2, 2), 10)
+    pred = cube((3, 2, 2), 10)
+    assert normalized_surface_dice(pred, ref, (1, 1, 1), 0.5) == pytest.approx(81 / 122)
+    assert normalized_surface_dice(pred, ref, (1, 1, 1), 0.0) == pytest.approx(81 / 122)
+    assert normalized_surface_dice(pred, ref, (1, 1, 1), 1.0) == 1.0
+
+
+def test_nsd_identical_and_huge_tolerance():
+    mask = cube((3, 4, 5), 6)
+    assert normalized_surface_dice(mask, mask, (1.0, 0.7, 2.5), 0.0) == 1.0
+    far = voxel((15, 15, 15))
+    assert normalized_surface_dice(mask, far, (1.0, 0.7, 2.5), 1e9) == 1.0
+
+
+def test_region_metrics_computes_distance_transforms_once(monkeypatch: pytest.MonkeyPatch):
+    """HD95 and NSD share one pair of directed distance arrays (two EDTs per region, not four)."""
+    calls = []
+    original = metrics_module._directed_surface_distances
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(metrics_module, "_directed_surface_distances", counting)
+    region_metrics(cube((2, 2, 2), 10), cube((4, 2, 2), 10), (1, 1, 1))
+    assert len(calls) == 2
+
+
 # --- empty masks --------------------------------------------------------------------------------
 
 
@@ -133,6 +230,13 @@ def test_raw_definitions_on_empty_masks():
     assert math.isnan(hd95(empty, full, (1, 1, 1)))
     assert math.isnan(hd95(full, empty, (1, 1, 1)))
     assert math.isnan(hd95(empty, empty, (1, 1, 1)))
+    # NSD as MONAI: 0/0 when both are empty; 0 when one surface has no partner at all
+    assert math.isnan(normalized_surface_dice(empty, empty, (1, 1, 1), 1.0))
+    assert normalized_surface_dice(empty, full, (1, 1, 1), 1.0) == 0.0
+    assert normalized_surface_dice(full, empty, (1, 1, 1), 1e9) == 0.0
+    assert math.isnan(sensitivity(full, empty)) and math.isnan(sensitivity(empty, empty))
+    assert sensitivity(empty, full) == 0.0
+    assert specificity(empty, empty) == 1.0
 
 
 @pytest.mark.parametrize(
@@ -147,46 +251,90 @@ def test_empty_state(pred_empty: bool, ref_empty: bool, state: str):
     assert empty_state(pred, ref) == state
 
 
-def test_brats_rule_both_empty():
-    empty = np.zeros(SHAPE, dtype=bool)
-    assert region_metrics(empty, empty, (1, 1, 1), "brats") == {
-        "dice": 1.0, "hd95": 0.0, "empty_state": "both_empty"
-    }
+def assert_metrics_equal(result: dict, expected: dict) -> None:
+    """``result == expected`` key by key, NaN equal to NaN, floats to 1e-12."""
+    assert list(result) == list(expected)
+    for key, value in expected.items():
+        if isinstance(value, str):
+            assert result[key] == value, key
+        elif math.isnan(value):
+            assert math.isnan(result[key]), key
+        else:
+            assert result[key] == pytest.approx(value, rel=1e-12, abs=1e-12), key
 
 
-@pytest.mark.parametrize("empty_side", ["pred", "ref"])
-def test_brats_rule_one_empty(empty_side: str):
+NAN = math.nan
+# 16^3 image at (1, 1, 2.5) mm: diagonal sqrt(16^2 + 16^2 + 40^2) = sqrt(2112).
+DIAG = math.sqrt(2112)
+# The non-empty mask is a 27-voxel cube; with an empty reference all 4096 voxels are reference
+# background and the 27 predicted ones are false positives: specificity (4096 - 27) / 4096.
+SPEC_FP = 4069 / 4096
+
+
+@pytest.mark.parametrize(
+    ("rule", "state", "expected"),
+    [
+        ("brats", "both_empty", (1.0, 0.0, 1.0, 1.0, 1.0)),
+        ("brats", "pred_empty", (0.0, DIAG, 0.0, 0.0, 1.0)),
+        ("brats", "ref_empty", (0.0, DIAG, 0.0, 1.0, SPEC_FP)),
+        ("nan", "both_empty", (NAN, NAN, NAN, NAN, 1.0)),
+        ("nan", "pred_empty", (0.0, NAN, 0.0, 0.0, 1.0)),
+        ("nan", "ref_empty", (0.0, NAN, 0.0, NAN, SPEC_FP)),
+    ],
+)
+def test_empty_rule_table(rule: str, state: str, expected: tuple[float, ...]):
+    """Every branch of EMPTY_RULES for every metric (values in METRICS order)."""
     empty, full = np.zeros(SHAPE, dtype=bool), cube((1, 1, 1), 3)
-    pred, ref = (empty, full) if empty_side == "pred" else (full, empty)
-    result = region_metrics(pred, ref, (1.0, 1.0, 2.5), "brats")
-    # diagonal of 16 x 16 x 16 voxels at (1, 1, 2.5) mm: sqrt(16^2 + 16^2 + 40^2) = sqrt(2112)
-    assert result == {
-        "dice": 0.0, "hd95": pytest.approx(math.sqrt(2112)), "empty_state": f"{empty_side}_empty"
-    }
+    pred = empty if state in ("both_empty", "pred_empty") else full
+    ref = empty if state in ("both_empty", "ref_empty") else full
+    result = region_metrics(pred, ref, (1.0, 1.0, 2.5), rule, nsd_tolerance_mm=2.0)
+    expected_row = {**dict(zip(METRICS, expected, strict=True)), "empty_state": state}
+    assert_metrics_equal(result, expected_row)
 
 
-@pytest.mark.parametrize(("pred_empty", "ref_empty"), [(True, True), (True, False), (False, True)])
-def test_nan_rule(pred_empty: bool, ref_empty: bool):
+@pytest.mark.parametrize("state", ["both_empty", "pred_empty", "ref_empty"])
+def test_nan_rule_is_the_raw_definitions(state: str):
+    """Under "nan" every value is what the stand-alone metric function returns."""
     empty, full = np.zeros(SHAPE, dtype=bool), cube((1, 1, 1), 3)
-    result = region_metrics(
-        empty if pred_empty else full, empty if ref_empty else full, (1, 1, 1), "nan"
-    )
-    # Dice is undefined only when both masks are empty; a missed or hallucinated region is 0.
-    if pred_empty and ref_empty:
-        assert math.isnan(result["dice"])
-    else:
-        assert result["dice"] == 0.0
-    assert math.isnan(result["hd95"])
-    assert result["empty_state"] != "none"
+    pred = empty if state in ("both_empty", "pred_empty") else full
+    ref = empty if state in ("both_empty", "ref_empty") else full
+    spacing = (1.0, 1.0, 2.5)
+    raw = {
+        "dice": dice(pred, ref),
+        "hd95": hd95(pred, ref, spacing),
+        "nsd": normalized_surface_dice(pred, ref, spacing, 1.0),
+        "sensitivity": sensitivity(pred, ref),
+        "specificity": specificity(pred, ref),
+        "empty_state": state,
+    }
+    assert_metrics_equal(region_metrics(pred, ref, spacing, "nan"), raw)
 
 
 @pytest.mark.parametrize("rule", EMPTY_RULES)
 def test_rules_agree_when_nothing_is_empty(rule: str):
+    """Cubes of 1000 voxels shifted by 2 along x in a 16^3 image (4096 voxels).
+
+    TP 800, FP 200, FN 200: sensitivity 0.8; reference background 3096 of which 200 predicted:
+    specificity 2896 / 3096.
+    """
     ref = cube((2, 2, 2), 10)
     pred = cube((4, 2, 2), 10)
-    assert region_metrics(pred, ref, (1, 1, 1), rule) == {
-        "dice": pytest.approx(0.8), "hd95": pytest.approx(2.0), "empty_state": "none"
+    expected = {
+        "dice": 0.8,
+        "hd95": 2.0,
+        "nsd": normalized_surface_dice(pred, ref, (1, 1, 1), 1.0),
+        "sensitivity": 0.8,
+        "specificity": 2896 / 3096,
+        "empty_state": "none",
     }
+    assert_metrics_equal(region_metrics(pred, ref, (1, 1, 1), rule), expected)
+
+
+def test_specificity_nan_without_reference_background():
+    full = np.ones((3, 3, 3), dtype=bool)
+    assert math.isnan(specificity(full, full))
+    for rule in EMPTY_RULES:
+        assert math.isnan(region_metrics(full, full, (1, 1, 1), rule)["specificity"])
 
 
 # --- evaluate_case ------------------------------------------------------------------------------
@@ -208,19 +356,35 @@ def test_evaluate_case_rows_and_values():
     spacing = (1.0, 1.0, 2.0)
     rows = evaluate_case(pred, ref, spacing, BRATS_LEGACY, case="c1")
     assert [(r["region"], r["metric"]) for r in rows] == [
-        ("WT", "dice"), ("WT", "hd95"), ("TC", "dice"), ("TC", "hd95"), ("ET", "dice"),
-        ("ET", "hd95"),
+        (region, metric) for region in ("WT", "TC", "ET") for metric in METRICS
     ]
     assert {r["case"] for r in rows} == {"c1"}
     assert {r["empty_rule"] for r in rows} == {"brats"}
+    assert {r["nsd_tolerance_mm"] for r in rows} == {1.0}
     values = {(r["region"], r["metric"]): r["value"] for r in rows}
     states = {r["region"]: r["empty_state"] for r in rows}
-    assert values[("WT", "dice")] == 1.0 and values[("WT", "hd95")] == 0.0
-    assert values[("TC", "dice")] == 1.0 and values[("TC", "hd95")] == 0.0
+    for region in ("WT", "TC"):
+        assert values[(region, "dice")] == 1.0 and values[(region, "hd95")] == 0.0
+        assert values[(region, "nsd")] == 1.0 and values[(region, "sensitivity")] == 1.0
+        assert values[(region, "specificity")] == 1.0
     assert values[("ET", "dice")] == 0.0
     # diagonal of 12 x 12 x 8 voxels at (1, 1, 2) mm: sqrt(144 + 144 + 256)
     assert values[("ET", "hd95")] == pytest.approx(math.sqrt(544))
+    assert values[("ET", "nsd")] == 0.0 and values[("ET", "sensitivity")] == 0.0
+    assert values[("ET", "specificity")] == 1.0  # nothing predicted, so no false positive
     assert states == {"WT": "none", "TC": "none", "ET": "pred_empty"}
+
+
+def test_evaluate_case_nsd_tolerance_reaches_rows():
+    """TC predicted one voxel (2 mm) too deep along z: NSD < 1 at 1 mm, 1 at 2 mm."""
+    ref = brats_case()
+    pred = np.zeros_like(ref)
+    pred[:, :, 1:] = ref[:, :, :-1]
+    for tolerance, full_marks in ((1.0, False), (2.0, True)):
+        rows = evaluate_case(pred, ref, (1.0, 1.0, 2.0), BRATS_LEGACY, nsd_tolerance_mm=tolerance)
+        assert {r["nsd_tolerance_mm"] for r in rows} == {tolerance}
+        nsd_tc = next(r["value"] for r in rows if r["region"] == "TC" and r["metric"] == "nsd")
+        assert (nsd_tc == 1.0) == full_marks
 
 
 def test_evaluate_case_shape_mismatch():
@@ -237,6 +401,23 @@ def test_unknown_empty_rule():
         region_metrics(mask, mask, (1, 1, 1), "zero")
 
 
+@pytest.mark.parametrize("bad", [-0.5, math.nan, math.inf, "1 mm", None])
+def test_bad_nsd_tolerance(bad):
+    mask = cube((1, 1, 1), 3)
+    with pytest.raises(ValueError, match="NSD tolerance"):
+        check_nsd_tolerance(bad)
+    with pytest.raises(ValueError, match="NSD tolerance"):
+        normalized_surface_dice(mask, mask, (1, 1, 1), bad)
+    with pytest.raises(ValueError, match="NSD tolerance"):
+        region_metrics(mask, mask, (1, 1, 1), nsd_tolerance_mm=bad)
+    with pytest.raises(ValueError, match="NSD tolerance"):
+        evaluate_case(brats_case(), brats_case(), (1, 1, 1), BRATS_LEGACY, nsd_tolerance_mm=bad)
+
+
+def test_zero_nsd_tolerance_is_valid():
+    assert check_nsd_tolerance(0) == 0.0
+
+
 def test_mask_checks():
     mask = cube((1, 1, 1), 3)
     with pytest.raises(ValueError, match="differ in shape"):
@@ -247,6 +428,13 @@ def test_mask_checks():
         hd95(mask, mask, (1.0, 1.0))
     with pytest.raises(ValueError, match="> 0"):
         hd95(mask, mask, (1.0, 0.0, 1.0))
+    with pytest.raises(ValueError, match="one value per axis"):
+        normalized_surface_dice(mask, mask, (1.0, 1.0), 1.0)
+    for func in (sensitivity, specificity):
+        with pytest.raises(ValueError, match="dtype bool"):
+            func(mask, mask.astype(np.int8))
+        with pytest.raises(ValueError, match="differ in shape"):
+            func(mask, mask[:, :-1])
 
 
 # --- properties ---------------------------------------------------------------------------------
@@ -298,3 +486,75 @@ def test_hd95_matches_monai(a: np.ndarray, b: np.ndarray, spacing: tuple[float, 
             spacing=list(spacing),
         ).item()
     assert hd95(a, b, spacing) == pytest.approx(expected, rel=1e-5, abs=1e-5)
+
+
+tolerances = st.floats(0.0, 10.0, allow_nan=False)
+
+
+@given(masks, masks)
+def test_sensitivity_specificity_bounded_and_complementary(a: np.ndarray, b: np.ndarray):
+    """Both in [0, 1]; specificity of a vs b is 1 - (FP rate), i.e. sensitivity of ~a vs ~b."""
+    for value in (sensitivity(a, b), specificity(a, b)):
+        assert math.isnan(value) or 0.0 <= value <= 1.0
+    if (~b).any():
+        assert specificity(a, b) == pytest.approx(sensitivity(~a, ~b), rel=1e-12)
+
+
+@given(nonempty_masks, nonempty_masks, spacings, tolerances)
+def test_nsd_symmetric_bounded_identity(
+    a: np.ndarray, b: np.ndarray, spacing: tuple[float, ...], tolerance: float
+):
+    value = normalized_surface_dice(a, b, spacing, tolerance)
+    assert 0.0 <= value <= 1.0
+    assert value == normalized_surface_dice(b, a, spacing, tolerance)
+    assert normalized_surface_dice(a, a, spacing, tolerance) == 1.0
+
+
+@given(nonempty_masks, nonempty_masks, spacings, tolerances, tolerances)
+def test_nsd_monotone_in_tolerance(
+    a: np.ndarray, b: np.ndarray, spacing: tuple[float, ...], t1: float, t2: float
+):
+    low, high = sorted((t1, t2))
+    assert normalized_surface_dice(a, b, spacing, low) <= normalized_surface_dice(
+        a, b, spacing, high
+    )
+    # Beyond the image diagonal every surface voxel has a partner: NSD 1.
+    diagonal = image_diagonal_mm(PROPERTY_SHAPE, spacing)
+    assert normalized_surface_dice(a, b, spacing, diagonal + high) == 1.0
+
+
+@given(nonempty_masks, nonempty_masks, spacings, tolerances)
+def test_region_metrics_match_standalone_functions(
+    a: np.ndarray, b: np.ndarray, spacing: tuple[float, ...], tolerance: float
+):
+    """The shared-distance path of region_metrics gives the stand-alone functions' values."""
+    result = region_metrics(a, b, spacing, nsd_tolerance_mm=tolerance)
+    assert result["hd95"] == hd95(a, b, spacing)
+    assert result["nsd"] == normalized_surface_dice(a, b, spacing, tolerance)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("tolerance", [0.0, 0.8, 1.3, 2.5, 4.0])
+def test_nsd_matches_monai(seed: int, tolerance: float):
+    """Our NSD is MONAI's ``compute_surface_dice(use_subvoxels=False)`` (float32).
+
+    Random 9 x 10 x 7 masks at anisotropic spacing; tolerances 0.8, 1.3, 2.5 equal one voxel
+    along an axis, so ties at exactly tau (counted as within) are exercised too.
+    """
+    import torch
+    from monai.metrics import compute_surface_dice
+
+    rng = np.random.default_rng(seed)
+    a, b = rng.random((9, 10, 7)) < 0.3, rng.random((9, 10, 7)) < 0.3
+    spacing = (0.8, 1.3, 2.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # MONAI deprecation notices on its own internals
+        expected = compute_surface_dice(
+            torch.from_numpy(a)[None, None].float(),
+            torch.from_numpy(b)[None, None].float(),
+            class_thresholds=[tolerance],
+            include_background=True,
+            spacing=list(spacing),
+            use_subvoxels=False,
+        ).item()
+    assert normalized_surface_dice(a, b, spacing, tolerance) == pytest.approx(expected, rel=1e-6)

@@ -28,9 +28,11 @@ rule evaluate:
     params:
         references=raw_root(),
         empty_rule=config["evaluation"]["empty_rule"],
+        nsd_tolerance_mm=config["evaluation"]["nsd_tolerance_mm"],
     log:
         f"{LOGS}/{{run}}.evaluate.log",
     shell:
         "python -m kdseg evaluate --run-dir $(dirname {input.predictions})"
         " --predictions {input.predictions} --references {params.references}"
-        " --out {output} --empty-rule {params.empty_rule} --tracking {input.tracking} > {log} 2>&1"
+        " --out {output} --empty-rule {params.empty_rule}"
+        " --nsd-tolerance-mm {params.nsd_tolerance_mm} --tracking {input.tracking} > {log} 2>&1"

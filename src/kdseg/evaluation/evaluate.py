@@ -23,11 +23,15 @@ import pandas as pd
 from tqdm import tqdm
 
 from kdseg.data.labels import LabelConvention
-from kdseg.evaluation.metrics import check_empty_rule, evaluate_case
+from kdseg.evaluation.metrics import check_empty_rule, check_nsd_tolerance, evaluate_case
 from kdseg.fileio import atomic_path
 
 NIFTI_SUFFIX = ".nii.gz"
-COLUMNS: tuple[str, ...] = ("case", "region", "metric", "value", "empty_state", "empty_rule")
+# `empty_rule` and `nsd_tolerance_mm` repeat on every row so that each value carries the
+# conventions it was computed under (tables from different settings cannot be mixed silently).
+COLUMNS: tuple[str, ...] = (
+    "case", "region", "metric", "value", "empty_state", "empty_rule", "nsd_tolerance_mm"
+)
 # Largest absolute difference allowed between prediction and reference affine entries; float32
 # header storage and resampling round-trips leave differences far below this.
 AFFINE_ATOL = 1e-3
@@ -121,17 +125,20 @@ def evaluate_file_pair(
     convention: LabelConvention,
     empty_rule: str,
     case: str,
+    nsd_tolerance_mm: float = 1.0,
 ) -> list[dict[str, float | str]]:
     """Load, validate and evaluate one prediction/reference pair; rows as :func:`evaluate_case`.
 
-    Spacing is taken from the reference header zooms.
+    Spacing is taken from the reference header zooms; ``nsd_tolerance_mm`` is in mm.
     """
     pred_img, ref_img = nib.load(pred_path), nib.load(ref_path)
     _check_geometry(pred_img, ref_img, pred_path, ref_path)
     pred = load_labels(pred_img, pred_path, convention)
     ref = load_labels(ref_img, ref_path, convention)
     spacing = tuple(float(z) for z in ref_img.header.get_zooms()[:3])
-    return evaluate_case(pred, ref, spacing, convention, empty_rule, case)
+    return evaluate_case(
+        pred, ref, spacing, convention, empty_rule, case, nsd_tolerance_mm=nsd_tolerance_mm
+    )
 
 
 def write_csv_atomic(df: pd.DataFrame, out_csv: Path) -> None:
@@ -162,8 +169,9 @@ def evaluate_folder(
     cases: Sequence[str] | None = None,
     out_csv: Path | None = None,
     progress: bool = True,
+    nsd_tolerance_mm: float = 1.0,
 ) -> pd.DataFrame:
-    """Per-case, per-region Dice and HD95 of every prediction in ``pred_dir``.
+    """Per-case, per-region metrics (:data:`~kdseg.evaluation.metrics.METRICS`) of ``pred_dir``.
 
     Args:
         pred_dir: folder of ``<case>.nii.gz`` predicted label maps (stored label values).
@@ -173,15 +181,18 @@ def evaluate_folder(
         cases: case ids to evaluate; ``None`` means every prediction file in ``pred_dir``.
         out_csv: if given, the table is also written there (atomically).
         progress: show a tqdm progress bar over cases on stderr.
+        nsd_tolerance_mm: tolerance in mm of the normalized surface Dice (finite, >= 0).
 
     Returns:
-        Long-format DataFrame with columns ``case, region, metric, value, empty_state,
-        empty_rule``; cases in the given (or sorted) order, regions in convention order, Dice
-        before HD95.
+        Long-format DataFrame with columns :data:`COLUMNS` (``case, region, metric, value,
+        empty_state, empty_rule, nsd_tolerance_mm``); cases in the given (or sorted) order,
+        regions in convention order, metrics in ``METRICS`` order (dice, hd95, nsd,
+        sensitivity, specificity).
     """
     pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
     case_ids = discover_cases(pred_dir) if cases is None else list(cases)
     check_empty_rule(empty_rule)
+    tolerance = check_nsd_tolerance(nsd_tolerance_mm)
     _check_case_list(case_ids)
     # Resolve every path first so a missing file fails before minutes of metric computation.
     pairs = [(c, prediction_path(pred_dir, c), reference_path(ref_dir, c)) for c in case_ids]
@@ -189,7 +200,9 @@ def evaluate_folder(
     for case, pred_path, ref_path in tqdm(
         pairs, desc="evaluate", unit="case", file=sys.stderr, disable=not progress
     ):
-        rows.extend(evaluate_file_pair(pred_path, ref_path, convention, empty_rule, case))
+        rows.extend(
+            evaluate_file_pair(pred_path, ref_path, convention, empty_rule, case, tolerance)
+        )
     df = pd.DataFrame(rows, columns=list(COLUMNS))
     if out_csv is not None:
         write_csv_atomic(df, Path(out_csv))

@@ -1,21 +1,38 @@
-"""Per-case segmentation metrics: Dice and HD95 (mm) per evaluation region, with an empty-mask rule.
+"""Per-case segmentation metrics per evaluation region, with an empty-mask rule.
 
-All functions are pure and work on boolean masks of any dimensionality; BraTS volumes are 3D with
-axis order ``(x, y, z)`` as stored in the NIfTI file (nibabel's voxel order), and ``spacing`` gives
-the voxel size in millimetres along those same axes (the header zooms).
+Metrics (:data:`METRICS`, in row order): Dice, HD95 (mm), normalized surface Dice (NSD) at a
+tolerance in mm, sensitivity and specificity. All functions are pure and work on boolean masks of
+any dimensionality; BraTS volumes are 3D with axis order ``(x, y, z)`` as stored in the NIfTI file
+(nibabel's voxel order), and ``spacing`` gives the voxel size in millimetres along those same axes
+(the header zooms).
 
-HD95 definition (the one MONAI's ``compute_hausdorff_distance(percentile=95)`` computes): take
-the *surface* voxels of each mask (foreground voxels with at least one face-neighbour in the
-background), compute for every surface voxel of one mask the Euclidean distance in mm to the
-nearest surface voxel of the other, take the 95th percentile (linear interpolation) of each of
-the two directed distance sets, and report the larger of the two.
-This is *not* MedPy's ``hd95``, which takes the 95th percentile of the union of both directed sets
-and so is usually a little smaller when the two directions disagree.
+Surfaces and distances (shared by HD95 and NSD): the *surface* of a mask is its foreground voxels
+with at least one face-neighbour in the background (voxels on the array border count as surface);
+for every surface voxel of one mask we take the Euclidean distance in mm to the nearest surface
+voxel of the other. This gives two *directed* distance arrays, pred -> ref and ref -> pred.
 
-Implementation choice: scipy (``binary_erosion`` for surfaces, ``distance_transform_edt`` with
-``sampling=spacing`` for exact anisotropic distances) rather than MONAI. Both compute the same
-number (``tests/evaluation/test_metrics.py`` checks this against MONAI), but MONAI needs
-``(batch, channel, ...)`` float tensors — a 4x larger copy of every full-size mask — emits
+HD95 definition (the one MONAI's ``compute_hausdorff_distance(percentile=95)`` computes): the 95th
+percentile (linear interpolation) of each directed array, and the larger of the two.
+This is *not* MedPy's ``binary.hd95``, which takes the 95th percentile of the union of both
+directed arrays (same surfaces, same distances: ``tests/evaluation/test_medpy_crosscheck.py``).
+The two agree when both directions have the same distribution; when they disagree (a blob present
+in only one mask) the union dilutes the worse direction and MedPy's value is usually smaller.
+Because of the linear interpolation this is not an inequality in every case: on very small
+surfaces the pooled percentile can exceed the max of the parts (two 2-voxel masks with directed
+distances ``[0, 10]`` each give 9.5 mm here and 10 mm in MedPy).
+
+NSD definition (Nikolov et al. 2021, "Clinically applicable segmentation of head and neck
+anatomy for radiotherapy"): the fraction of the surface voxels of both masks that lie within the
+tolerance of the other mask's surface, counting voxels (MONAI's ``compute_surface_dice`` with
+``use_subvoxels=False``).
+
+Empty masks: the raw functions return NaN where their formula is 0/0; :func:`region_metrics`
+then applies one of :data:`EMPTY_RULES` (the table is in that constant's docstring).
+
+Implementation choice: numpy/scipy (``binary_erosion`` for surfaces, ``distance_transform_edt``
+with ``sampling=spacing`` for exact anisotropic distances) rather than MONAI. Both compute the
+same numbers (``tests/evaluation/test_metrics.py`` checks HD95 and NSD against MONAI), but MONAI
+needs ``(batch, channel, ...)`` float tensors — a 4x larger copy of every full-size mask — emits
 warnings we would have to silence for the empty cases we handle ourselves, and has changed how it
 crops and searches between the MONAI versions the project allows (>=1.4). The scipy path is a
 few lines with an explicit definition and no torch dependency.
@@ -31,13 +48,42 @@ from scipy import ndimage
 
 from kdseg.data.labels import LabelConvention
 
+METRICS: tuple[str, ...] = ("dice", "hd95", "nsd", "sensitivity", "specificity")
+"""Metric names in the order :func:`evaluate_case` emits them (one row each per region)."""
+
+HIGHER_IS_BETTER: dict[str, bool] = {
+    "dice": True,
+    "hd95": False,
+    "nsd": True,
+    "sensitivity": True,
+    "specificity": True,
+}
+"""Direction of each metric in :data:`METRICS`, for ranking and tables."""
+
 EMPTY_RULES: tuple[str, ...] = ("brats", "nan")
 """Empty-mask rules for :func:`region_metrics`.
 
-``"brats"`` (legacy BraTS, default): both masks empty -> Dice 1, HD95 0; exactly one empty ->
-Dice 0, HD95 = image diagonal in mm. ``"nan"``: both empty -> Dice NaN; exactly one empty ->
-Dice 0 (well defined); HD95 NaN whenever a mask is empty (the row is kept with its
-``empty_state``; callers exclude NaN from means).
+``"nan"`` is the raw definition of every metric (NaN where the formula is 0/0 or, for HD95,
+where a surface is missing); ``"brats"`` (legacy BraTS, default) replaces those NaNs and the
+one-empty HD95 by fixed scores so that every case counts in the mean:
+
+=====================  =========================  =========================  ==================
+state                  ``"brats"``                ``"nan"``                  both rules
+=====================  =========================  =========================  ==================
+both empty             Dice 1, HD95 0, NSD 1,     Dice NaN, HD95 NaN,        specificity by its
+                       sensitivity 1              NSD NaN, sensitivity NaN   formula (1 here)
+pred empty, ref not    Dice 0, HD95 diagonal,     Dice 0, HD95 NaN, NSD 0,   specificity by its
+                       NSD 0, sensitivity 0       sensitivity 0              formula (1 here)
+ref empty, pred not    Dice 0, HD95 diagonal,     Dice 0, HD95 NaN, NSD 0,   specificity by its
+                       NSD 0, sensitivity 1       sensitivity NaN            formula (< 1)
+=====================  =========================  =========================  ==================
+
+"diagonal" is :func:`image_diagonal_mm`. With an empty reference there is nothing to find, so
+``"brats"`` scores sensitivity 1 whatever the prediction (the false positives show in Dice, NSD,
+HD95 and specificity); with an empty prediction and a non-empty reference sensitivity is 0 by its
+formula under both rules. Specificity is NaN only if the reference has no background voxel at
+all. A missed or hallucinated region scores Dice 0 and NSD 0 under both rules, so it never drops
+out of a mean. Rows keep their ``empty_state``; callers exclude NaN from means.
 """
 
 EMPTY_STATES: tuple[str, ...] = ("none", "both_empty", "pred_empty", "ref_empty")
@@ -68,6 +114,17 @@ def _check_spacing(spacing: Sequence[float], ndim: int) -> np.ndarray:
     return sp
 
 
+def check_nsd_tolerance(tolerance_mm: float) -> float:
+    """Return ``tolerance_mm`` as a float; raise ``ValueError`` unless it is finite and >= 0."""
+    try:
+        value = float(tolerance_mm)
+    except (TypeError, ValueError):
+        raise ValueError(f"NSD tolerance must be a number in mm, got {tolerance_mm!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"NSD tolerance must be finite and >= 0 mm, got {tolerance_mm!r}")
+    return value
+
+
 def dice(pred: np.ndarray, ref: np.ndarray) -> float:
     """Dice coefficient ``2|P∩R| / (|P| + |R|)`` of two boolean masks of the same shape.
 
@@ -80,6 +137,46 @@ def dice(pred: np.ndarray, ref: np.ndarray) -> float:
     if denominator == 0:
         return math.nan
     return float(2.0 * np.count_nonzero(pred & ref) / denominator)
+
+
+def sensitivity(pred: np.ndarray, ref: np.ndarray) -> float:
+    """Sensitivity (recall, true-positive rate) ``TP / |R|`` of two boolean masks.
+
+    Args:
+        pred: boolean mask, shape ``(x, y, z)`` (any shape works).
+        ref: boolean mask, same shape as ``pred``.
+
+    Returns:
+        The fraction of reference voxels that ``pred`` covers; NaN when ``ref`` is empty (0/0,
+        the raw definition; :func:`region_metrics` applies the empty-mask rule).
+    """
+    _check_masks(pred, ref)
+    n_ref = np.count_nonzero(ref)
+    if n_ref == 0:
+        return math.nan
+    return float(np.count_nonzero(pred & ref) / n_ref)
+
+
+def specificity(pred: np.ndarray, ref: np.ndarray) -> float:
+    """Specificity (true-negative rate) ``TN / (TN + FP)`` over the whole array.
+
+    Args:
+        pred: boolean mask, shape ``(x, y, z)`` (any shape works).
+        ref: boolean mask, same shape as ``pred``.
+
+    Returns:
+        The fraction of reference background voxels that ``pred`` leaves background; NaN when
+        ``ref`` has no background voxel. Computed over every voxel of the image, as the BraTS
+        challenges report it: a tumour region is a few percent of a brain volume, so the value is
+        close to 1 by construction and separates methods far less than Dice or NSD do.
+    """
+    _check_masks(pred, ref)
+    n_background = ref.size - np.count_nonzero(ref)
+    if n_background == 0:
+        return math.nan
+    # FP = |P| - TP, so no full-size `~ref` array has to be allocated.
+    false_positives = np.count_nonzero(pred) - np.count_nonzero(pred & ref)
+    return float((n_background - false_positives) / n_background)
 
 
 def _joint_bbox(pred: np.ndarray, ref: np.ndarray, margin: int) -> tuple[slice, ...]:
@@ -120,6 +217,38 @@ def _directed_surface_distances(
     return distance_to_surface[from_surface]
 
 
+def _surface_distances(
+    pred: np.ndarray, ref: np.ndarray, spacing: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Both directed surface-distance arrays ``(pred -> ref, ref -> pred)`` in mm.
+
+    Both masks must be non-empty. They are cropped to their joint bounding box plus
+    :data:`_CROP_MARGIN` voxels first, which leaves every distance unchanged but makes the
+    distance transforms ~10x cheaper on full-size BraTS volumes. HD95 and NSD are both computed
+    from this one result, so a region pays for two distance transforms, not four.
+    """
+    box = _joint_bbox(pred, ref, _CROP_MARGIN)
+    pred_surface, ref_surface = _surface(pred[box]), _surface(ref[box])
+    pred_to_ref = _directed_surface_distances(pred_surface, ref_surface, spacing)
+    ref_to_pred = _directed_surface_distances(ref_surface, pred_surface, spacing)
+    return pred_to_ref, ref_to_pred
+
+
+def _hd95_from_distances(pred_to_ref: np.ndarray, ref_to_pred: np.ndarray) -> float:
+    """Max of the two directed 95th percentiles (linear interpolation); arrays non-empty."""
+    return float(max(np.percentile(pred_to_ref, 95), np.percentile(ref_to_pred, 95)))
+
+
+def _nsd_from_distances(
+    pred_to_ref: np.ndarray, ref_to_pred: np.ndarray, tolerance_mm: float
+) -> float:
+    """Fraction of all surface voxels within ``tolerance_mm`` of the other surface."""
+    within = np.count_nonzero(pred_to_ref <= tolerance_mm) + np.count_nonzero(
+        ref_to_pred <= tolerance_mm
+    )
+    return float(within / (pred_to_ref.size + ref_to_pred.size))
+
+
 def hd95(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -> float:
     """95th-percentile symmetric Hausdorff distance in mm between two boolean masks.
 
@@ -130,19 +259,46 @@ def hd95(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -> float:
 
     Returns:
         ``max(P95(d(S_pred -> S_ref)), P95(d(S_ref -> S_pred)))`` over surface voxels ``S`` (see
-        the module docstring), or NaN if either mask is empty. Both masks are cropped to their
-        joint bounding box plus a 1-voxel margin first, which leaves the result unchanged but
-        makes the distance transforms ~10x cheaper on full-size BraTS volumes.
+        the module docstring), or NaN if either mask is empty.
     """
     _check_masks(pred, ref)
     sp = _check_spacing(spacing, pred.ndim)
     if not pred.any() or not ref.any():
         return math.nan
-    box = _joint_bbox(pred, ref, _CROP_MARGIN)
-    pred_surface, ref_surface = _surface(pred[box]), _surface(ref[box])
-    pred_to_ref = _directed_surface_distances(pred_surface, ref_surface, sp)
-    ref_to_pred = _directed_surface_distances(ref_surface, pred_surface, sp)
-    return float(max(np.percentile(pred_to_ref, 95), np.percentile(ref_to_pred, 95)))
+    return _hd95_from_distances(*_surface_distances(pred, ref, sp))
+
+
+def normalized_surface_dice(
+    pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], tolerance_mm: float
+) -> float:
+    """Normalized surface Dice (NSD, Nikolov et al. 2021) at ``tolerance_mm`` of two masks.
+
+    ``(|{p in S_P: d(p, S_R) <= tau}| + |{r in S_R: d(r, S_P) <= tau}|) / (|S_P| + |S_R|)``
+    with ``S`` the surface voxels and ``d`` the distance in mm, exactly as for :func:`hd95`
+    (same surfaces, distances and crop). Surfaces are counted in voxels, which is MONAI's
+    ``compute_surface_dice(..., use_subvoxels=False)``; DeepMind's ``surface-distance`` package
+    (and MONAI with ``use_subvoxels=True``) weights boundary elements by their surface area
+    instead, so its values differ slightly.
+
+    Args:
+        pred: boolean mask, shape ``(x, y, z)`` (any shape works).
+        ref: boolean mask, same shape as ``pred``.
+        spacing: voxel size in mm along each axis.
+        tolerance_mm: accepted boundary deviation ``tau`` in mm (finite, >= 0).
+
+    Returns:
+        NSD in ``[0, 1]``; NaN when both masks are empty (0/0) and 0 when exactly one is (no
+        surface voxel of the non-empty mask has a partner), as MONAI returns.
+    """
+    _check_masks(pred, ref)
+    sp = _check_spacing(spacing, pred.ndim)
+    tolerance = check_nsd_tolerance(tolerance_mm)
+    pred_any, ref_any = bool(pred.any()), bool(ref.any())
+    if not pred_any and not ref_any:
+        return math.nan
+    if not pred_any or not ref_any:
+        return 0.0
+    return _nsd_from_distances(*_surface_distances(pred, ref, sp), tolerance)
 
 
 def image_diagonal_mm(shape: Sequence[int], spacing: Sequence[float]) -> float:
@@ -174,17 +330,18 @@ def check_empty_rule(empty_rule: str) -> None:
         raise ValueError(f"unknown empty_rule {empty_rule!r}; choose one of {list(EMPTY_RULES)}")
 
 
-def _empty_rule_values(
-    state: str, empty_rule: str, shape: Sequence[int], spacing: Sequence[float]
-) -> tuple[float, float]:
-    """(dice, hd95) that ``empty_rule`` assigns to a case in empty ``state`` (not ``"none"``)."""
-    if empty_rule == "nan":
-        # Dice is defined (0) when exactly one mask is empty: a missed or hallucinated tumour
-        # must not drop out of the mean. Only both-empty Dice and any empty HD95 are undefined.
-        return (math.nan if state == "both_empty" else 0.0), math.nan
+def _brats_empty_values(state: str, shape: Sequence[int], spacing: np.ndarray) -> dict[str, float]:
+    """Scores the ``"brats"`` rule fixes for empty ``state`` (not ``"none"``); see EMPTY_RULES.
+
+    Metrics not listed keep their raw value (specificity always; sensitivity 0 when only the
+    prediction is empty).
+    """
     if state == "both_empty":
-        return 1.0, 0.0
-    return 0.0, image_diagonal_mm(shape, spacing)
+        return {"dice": 1.0, "hd95": 0.0, "nsd": 1.0, "sensitivity": 1.0}
+    values = {"dice": 0.0, "hd95": image_diagonal_mm(shape, spacing), "nsd": 0.0}
+    if state == "ref_empty":
+        values["sensitivity"] = 1.0  # nothing to find, so nothing was missed
+    return values
 
 
 def region_metrics(
@@ -192,26 +349,44 @@ def region_metrics(
     ref: np.ndarray,
     spacing: Sequence[float],
     empty_rule: str = "brats",
+    nsd_tolerance_mm: float = 1.0,
 ) -> dict[str, float | str]:
-    """Dice, HD95 (mm) and empty state of one region, empty masks handled by ``empty_rule``.
+    """All :data:`METRICS` and the empty state of one region, empty masks per ``empty_rule``.
 
     Args:
         pred: boolean region mask of the prediction, shape ``(x, y, z)`` (any ndim works).
         ref: boolean region mask of the reference, same shape.
         spacing: voxel size in mm per axis.
         empty_rule: one of :data:`EMPTY_RULES`.
+        nsd_tolerance_mm: NSD tolerance in mm (finite, >= 0).
 
     Returns:
-        ``{"dice": float, "hd95": float, "empty_state": str}``.
+        ``{"dice", "hd95", "nsd", "sensitivity", "specificity": float, "empty_state": str}``.
+        The surface distances are computed once and shared by HD95 and NSD.
     """
     check_empty_rule(empty_rule)
     _check_masks(pred, ref)
+    sp = _check_spacing(spacing, pred.ndim)
+    tolerance = check_nsd_tolerance(nsd_tolerance_mm)
     state = empty_state(pred, ref)
     if state == "none":
-        dice_value, hd95_value = dice(pred, ref), hd95(pred, ref, spacing)
-    else:
-        dice_value, hd95_value = _empty_rule_values(state, empty_rule, pred.shape, spacing)
-    return {"dice": dice_value, "hd95": hd95_value, "empty_state": state}
+        pred_to_ref, ref_to_pred = _surface_distances(pred, ref, sp)
+        hd95_value = _hd95_from_distances(pred_to_ref, ref_to_pred)
+        nsd_value = _nsd_from_distances(pred_to_ref, ref_to_pred, tolerance)
+    else:  # raw definitions, as hd95() and normalized_surface_dice() return them
+        hd95_value = math.nan
+        nsd_value = math.nan if state == "both_empty" else 0.0
+    result: dict[str, float | str] = {
+        "dice": dice(pred, ref),
+        "hd95": hd95_value,
+        "nsd": nsd_value,
+        "sensitivity": sensitivity(pred, ref),
+        "specificity": specificity(pred, ref),
+    }
+    if empty_rule == "brats" and state != "none":
+        result.update(_brats_empty_values(state, pred.shape, sp))
+    result["empty_state"] = state
+    return result
 
 
 def evaluate_case(
@@ -221,6 +396,7 @@ def evaluate_case(
     convention: LabelConvention,
     empty_rule: str = "brats",
     case: str = "",
+    nsd_tolerance_mm: float = 1.0,
 ) -> list[dict[str, float | str]]:
     """Long-format metric rows for one case, one region of ``convention`` after another.
 
@@ -232,14 +408,18 @@ def evaluate_case(
         convention: label convention; its ``regions`` define the regions and their order.
         empty_rule: one of :data:`EMPTY_RULES`.
         case: case identifier copied into every row.
+        nsd_tolerance_mm: NSD tolerance in mm (finite, >= 0), copied into every row.
 
     Returns:
-        ``2 * len(convention.regions)`` dicts with keys ``case, region, metric ("dice" | "hd95"),
-        value, empty_state, empty_rule``. Label values are not validated here (the folder
-        evaluation validates them with the file name in the message); values outside the
+        ``len(METRICS) * len(convention.regions)`` dicts with keys ``case, region, metric, value,
+        empty_state, empty_rule, nsd_tolerance_mm``; metrics in :data:`METRICS` order within each
+        region. Every row records the conventions it was computed under, so tables from
+        different settings cannot be mixed up silently. Label values are not validated here (the
+        folder evaluation validates them with the file name in the message); values outside the
         convention simply fall in no region.
     """
     check_empty_rule(empty_rule)
+    tolerance = check_nsd_tolerance(nsd_tolerance_mm)
     if pred_labels.shape != ref_labels.shape:
         raise ValueError(
             f"case {case!r}: prediction shape {pred_labels.shape} != reference {ref_labels.shape}"
@@ -248,8 +428,10 @@ def evaluate_case(
     ref_masks = convention.region_masks(ref_labels)
     rows: list[dict[str, float | str]] = []
     for region in convention.region_names:
-        result = region_metrics(pred_masks[region], ref_masks[region], spacing, empty_rule)
-        for metric in ("dice", "hd95"):
+        result = region_metrics(
+            pred_masks[region], ref_masks[region], spacing, empty_rule, tolerance
+        )
+        for metric in METRICS:
             rows.append(
                 {
                     "case": case,
@@ -258,6 +440,7 @@ def evaluate_case(
                     "value": result[metric],
                     "empty_state": result["empty_state"],
                     "empty_rule": empty_rule,
+                    "nsd_tolerance_mm": tolerance,
                 }
             )
     return rows
