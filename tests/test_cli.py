@@ -63,9 +63,34 @@ def test_evaluate_folder_command(tmp_path: Path, tiny_data: dict) -> None:
                           capture_output=True, text=True, check=True)
     df = pd.read_csv(out)
     assert set(df["case"]) == set(cases)
-    assert (df.loc[df["metric"] == "dice", "value"] == 1.0).all()
+    assert list(df["metric"].unique()) == ["dice", "hd95", "nsd", "sensitivity", "specificity"]
     assert (df.loc[df["metric"] == "hd95", "value"] == 0.0).all()
-    assert "dice" in proc.stdout
+    assert (df.loc[df["metric"] != "hd95", "value"] == 1.0).all()
+    assert set(df["nsd_tolerance_mm"]) == {1.0}
+    assert "dice" in proc.stdout and "specificity" in proc.stdout
+
+
+def test_nsd_tolerance_option_reaches_rows(tmp_path: Path, tiny_data: dict, capsys) -> None:
+    """--nsd-tolerance-mm of evaluate-folder lands in every row; evaluate parses it too."""
+    from kdseg.cli import build_parser
+
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    case = sorted(p.name for p in tiny_data["raw"].iterdir() if p.is_dir())[0]
+    shutil.copy(tiny_data["raw"] / case / f"{case}_seg.nii.gz", preds / f"{case}.nii.gz")
+    out = tmp_path / "metrics.csv"
+    code = main(["evaluate-folder", str(preds), str(tiny_data["raw"]), "--out", str(out),
+                 "--nsd-tolerance-mm", "3.5"])
+    assert code == 0
+    assert set(pd.read_csv(out)["nsd_tolerance_mm"]) == {3.5}
+    assert "NSD tolerance 3.5 mm" in capsys.readouterr().out
+    args = build_parser().parse_args(["evaluate", "--run-dir", "r", "--predictions", "p",
+                                      "--references", "ref", "--out", "o",
+                                      "--nsd-tolerance-mm", "2.5"])
+    assert args.nsd_tolerance_mm == 2.5
+    code = main(["evaluate-folder", str(preds), str(tiny_data["raw"]), "--out", str(out),
+                 "--nsd-tolerance-mm", "-1"])
+    assert code == 2 and "NSD tolerance" in capsys.readouterr().err
 
 
 def test_unknown_command_is_usage_error() -> None:

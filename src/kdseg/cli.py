@@ -108,7 +108,8 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     cfg = load_run_config(run_dir / "run_config.yaml")
     cases = load_fold(Path(cfg.splits_file), cfg.fold)["test"]
     df = evaluate_folder(Path(a.predictions), Path(a.references), get_convention(cfg.labels),
-                         a.empty_rule, cases=cases, out_csv=Path(a.out))
+                         a.empty_rule, cases=cases, out_csv=Path(a.out),
+                         nsd_tolerance_mm=a.nsd_tolerance_mm)
     means = metric_means(df, prefix="test")
     write_json_atomic(means, run_dir / "test_metrics.json")
     print(json.dumps(means, indent=1))
@@ -121,25 +122,39 @@ def cmd_evaluate_folder(a: argparse.Namespace) -> None:
     from kdseg.evaluation.evaluate import evaluate_folder
 
     df = evaluate_folder(Path(a.pred_dir), Path(a.ref_dir), get_convention(a.labels),
-                         a.empty_rule, out_csv=Path(a.out))
-    table = df.groupby(["region", "metric"], sort=False)["value"].agg(["mean", "std", "median"])
+                         a.empty_rule, out_csv=Path(a.out), nsd_tolerance_mm=a.nsd_tolerance_mm)
+    # One line per region and metric in evaluation order; mean/std/median skip NaN (nan rule),
+    # so `n` says how many cases each line is over.
+    table = df.groupby(["region", "metric"], sort=False)["value"].agg(
+        ["mean", "std", "median", "count"]).rename(columns={"count": "n"})
+    print(f"empty rule {a.empty_rule}, NSD tolerance {a.nsd_tolerance_mm:g} mm")
     print(table.to_string(float_format=lambda v: f"{v:.4f}"))
 
 
 def cmd_summarize(a: argparse.Namespace) -> None:
-    from kdseg.report.tables import write_summary
+    from kdseg.report.summary import StatisticsOptions, write_summary
+
+    options = StatisticsOptions(family=a.family, n_boot=a.n_boot, seed=a.seed,
+                                ranking_metrics=tuple(a.ranking_metrics),
+                                ranking_boot=a.ranking_boot)
+    _, markdown = write_summary([Path(r) for r in a.runs], Path(a.out_dir), options)
+    print(markdown)
+
+
+def cmd_report(a: argparse.Namespace) -> None:
+    from kdseg.report.html import ReportInputs, write_report
 
     tracking = _tracking(a.tracking)  # read first: a bad --tracking path fails before any work
-    _, markdown = write_summary([Path(r) for r in a.runs], Path(a.out_dir))
+    inputs = ReportInputs(
+        summary_dir=Path(a.summary_dir), runs=[Path(r) for r in a.runs],
+        references=Path(a.references), preprocessed=Path(a.preprocessed),
+        config=json.loads(a.config_json), overlay_cases=a.overlay_cases)
+    index = write_report(inputs, Path(a.out_dir))
+    print(f"report: {index}")
     if tracking:
-        from kdseg.tracking import mark_stale_runs
+        from kdseg.report.mlflow_summary import log_summary_run
 
-        infos = [json.loads((Path(r) / "run.json").read_text()) for r in a.runs]
-        datasets = {info["tags"]["kdseg.dataset"] for info in infos}
-        mark_stale_runs(tracking["uri"], tracking["experiment_id"],
-                        [info["run_key"] for info in infos],
-                        key_prefix=f"{datasets.pop()}/" if len(datasets) == 1 else "")
-    print(markdown)
+        log_summary_run(inputs, Path(a.out_dir), tracking)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -203,18 +218,40 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--references", required=True, help="dataset root (BraTS layout)")
     s.add_argument("--out", required=True)
     s.add_argument("--empty-rule", default="brats", choices=["brats", "nan"])
+    s.add_argument("--nsd-tolerance-mm", type=float, default=1.0, metavar="FLOAT",
+                   help="normalized surface Dice tolerance in mm (default 1.0)")
     s.add_argument("--tracking")
 
     s = add("evaluate-folder", cmd_evaluate_folder,
-            "Dice/HD95 of any folder of <case>.nii.gz predictions against references")
+            "Dice/HD95/NSD/sensitivity/specificity of any folder of <case>.nii.gz predictions"
+            " against references")
     s.add_argument("pred_dir")
     s.add_argument("ref_dir", help="BraTS layout (<case>/<case>_seg.nii.gz) or <case>.nii.gz")
     s.add_argument("--out", required=True)
     s.add_argument("--labels", default="brats")
     s.add_argument("--empty-rule", default="brats", choices=["brats", "nan"])
+    s.add_argument("--nsd-tolerance-mm", type=float, default=1.0, metavar="FLOAT",
+                   help="normalized surface Dice tolerance in mm (default 1.0)")
 
-    s = add("summarize", cmd_summarize, "comparison tables over all evaluated runs")
+    s = add("summarize", cmd_summarize,
+            "comparison tables, paired statistics and ranking over all evaluated runs")
     s.add_argument("--runs", nargs="+", required=True)
+    s.add_argument("--out-dir", required=True)
+    s.add_argument("--family", default="subset_region", choices=["subset_region", "global"],
+                   help="Holm family of the paired tests")
+    s.add_argument("--n-boot", type=int, default=2000, help="bootstrap samples of the CIs")
+    s.add_argument("--seed", type=int, default=0, help="seed of every bootstrap")
+    s.add_argument("--ranking-metrics", nargs="+", default=["dice", "hd95"])
+    s.add_argument("--ranking-boot", type=int, default=1000)
+
+    s = add("report", cmd_report,
+            "figures and the self-contained HTML report (+ the MLflow summary run)")
+    s.add_argument("--summary-dir", required=True, help="output folder of `summarize`")
+    s.add_argument("--runs", nargs="+", required=True)
+    s.add_argument("--references", required=True, help="dataset root (BraTS layout)")
+    s.add_argument("--preprocessed", required=True, help="preprocessed folder (dataset.json)")
+    s.add_argument("--config-json", required=True, help="the workflow config as JSON")
+    s.add_argument("--overlay-cases", type=int, default=3)
     s.add_argument("--out-dir", required=True)
     s.add_argument("--tracking")
     return p

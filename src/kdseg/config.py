@@ -337,6 +337,19 @@ def student_dir(config: Mapping[str, Any], subset: str, method: str, fold: int |
     return f"{data_dir(config)}/runs/student/{subset}/{method}/fold{fold}/seed{seed}"
 
 
+def train_benchmark_file(run_dir: str) -> str:
+    """Snakemake ``benchmark:`` TSV of a run folder's training job (wildcard patterns too).
+
+    ``<data>/runs/<kind...>/fold<F>/seed<S>`` -> ``<data>/benchmarks/<kind...>/fold<F>_seed<S>
+    .train.tsv``; the cost table reads it back with :func:`kdseg.report.cost.collect_costs`.
+    """
+    head, found, rest = str(run_dir).rpartition("/runs/")
+    if not found:
+        raise ValueError(f"{run_dir}: not a run folder (no '/runs/' in the path)")
+    parent, _, seed_part = rest.rpartition("/")
+    return f"{head}/benchmarks/{parent}_{seed_part}.train.tsv"
+
+
 def teacher_run_config(config: Mapping[str, Any], fold: int, seed: int) -> dict[str, Any]:
     """Resolved run config of the teacher (all modalities) for one fold and seed."""
     return _run_config(

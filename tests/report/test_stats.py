@@ -269,3 +269,35 @@ def test_compare_to_reference_empty_pairs_and_validation(long_table: pd.DataFram
                                & (long_table["method"] == "baseline"))]
     with pytest.raises(ValueError, match="t1"):
         compare_to_reference(no_baseline)
+
+
+def test_compare_to_teacher_pairs_every_student_with_the_teachers_cases(
+        long_table: pd.DataFrame) -> None:
+    table = compare_to_reference(long_table, reference="teacher", n_boot=100)
+    # every student method, the baseline included: 2 subsets x 3 methods x 2 regions x 2 metrics
+    assert len(table) == 24
+    assert set(table["method"]) == {"baseline", "same", "better"}
+    assert (table["reference"] == "teacher").all() and (table["n"] == 8).all()
+    np.testing.assert_allclose(table["median_reference"], 0.9)
+    np.testing.assert_allclose(table["median_diff"],
+                               table["median_method"] - 0.9, atol=0.3)  # medians of diffs
+    better = table[table["method"] == "better"]
+    same = table[table["method"] == "same"]
+    # "better" = "same" + 0.1 on every case, so its differences to the teacher are shifted by 0.1
+    np.testing.assert_allclose(better["mean_diff"].to_numpy(), same["mean_diff"].to_numpy() + 0.1)
+
+
+def test_compare_to_teacher_needs_exactly_one_teacher(long_table: pd.DataFrame) -> None:
+    with pytest.raises(ValueError, match="teacher subset"):
+        compare_to_reference(long_table[long_table["stage"] != "teacher"], reference="teacher")
+    two = long_table.copy()
+    two.loc[two.index[-1], "subset"] = "other"
+    with pytest.raises(ValueError, match="teacher subset"):
+        compare_to_reference(two, reference="teacher")
+
+
+def test_holm_equals_statsmodels_reference_values() -> None:
+    # Hand: sorted p 0.01, 0.02, 0.03, 0.04 (m = 4): 0.04, 0.06, 0.06 (max with 0.06), 0.06
+    np.testing.assert_allclose(holm([0.03, 0.01, np.nan, 0.04, 0.02]),
+                               [0.06, 0.04, np.nan, 0.06, 0.06])
+    assert holm([]).size == 0

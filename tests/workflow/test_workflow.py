@@ -61,7 +61,7 @@ def test_default_config_dry_run_job_counts(tmp_path: Path) -> None:
         "synthesize": 1, "preprocess": 1, "make_splits": 1, "init_tracking": 1,
         "teacher_run_config": 1, "train_teacher": 1,
         "student_run_config": 30, "train_student": 30,  # 5 subsets x 6 methods
-        "predict": 31, "evaluate": 31, "summarize": 1, "all": 1, "total": 130,
+        "predict": 31, "evaluate": 31, "summarize": 1, "report": 1, "all": 1, "total": 131,
     }
 
 
@@ -123,13 +123,19 @@ def test_end_to_end_outputs(tiny_run: tuple[Path, Path]) -> None:
         ["student", subset, method] for subset in ("t1", "flair")
         for method in ("baseline", "logit_kd", "ummkd", "barlow_kd")]
     assert set(summary["region"]) == {"WT", "TC", "ET"}
-    assert set(summary["metric"]) == {"dice", "hd95"}
+    assert set(summary["metric"]) == {"dice", "hd95", "nsd", "sensitivity", "specificity"}
     markdown = (data / "summary/comparison.md").read_text()
     assert "| teacher (flair+t1+t1ce+t2) |" in markdown
     assert "**Δ DICE vs baseline**" in markdown and "**Training cost**" in markdown
     paired = pd.read_csv(data / "summary/paired_vs_baseline.csv")
     assert set(paired["method"]) == {"logit_kd", "ummkd", "barlow_kd"}
-    assert len(paired) == 2 * 3 * 3 * 2  # subsets x methods x regions x metrics
+    assert len(paired) == 2 * 3 * 3 * 5  # subsets x methods x regions x metrics
+    vs_teacher = pd.read_csv(data / "summary/paired_vs_teacher.csv")
+    assert len(vs_teacher) == 2 * 4 * 3 * 5 and set(vs_teacher["reference"]) == {"teacher"}
+    ranking = pd.read_csv(data / "summary/ranking.csv")
+    assert ranking["subset"].tolist() == ["t1"] * 4 + ["flair"] * 4 + ["all subsets"] * 4
+    assert "\\toprule" in (data / "summary/results.tex").read_text()
+    assert "| subset | t1 | t1ce | t2 | flair |" in (data / "summary/subsets.md").read_text()
     assert len(pd.read_csv(data / "summary/cost.csv")) == 9
     long = pd.read_csv(data / "summary/metrics_long.csv")
     assert {"case", "region", "metric", "value", "empty_state"} <= set(long.columns)
@@ -144,6 +150,15 @@ def test_end_to_end_outputs(tiny_run: tuple[Path, Path]) -> None:
                  "metrics_per_case.csv", "test_metrics.json"):
         assert (run / name).exists(), name
     assert (workdir / "results/logs/tiny/student/flair/logit_kd/fold0_seed0.train.log").exists()
+    # the report: one self-contained page (figures embedded) + PNG/PDF figures
+    page = (data / "report/index.html").read_text()
+    assert page.count('src="data:image/png;base64,') == 5
+    for section in ("What the numbers say", "Design of the benchmark", "Statistical methods",
+                    "Compute cost", "Ranking", "flair+t1+t1ce+t2"):
+        assert section in page, section
+    for name in ("paired_differences_dice", "heatmap_dice", "ranking_stability", "overlays"):
+        assert (data / f"report/figures/{name}.png").stat().st_size > 10_000
+        assert (data / f"report/figures/{name}.pdf").exists()
 
 
 def test_end_to_end_mlflow_runs(tiny_run: tuple[Path, Path]) -> None:
@@ -153,7 +168,14 @@ def test_end_to_end_mlflow_runs(tiny_run: tuple[Path, Path]) -> None:
     client = MlflowClient(f"sqlite:///{workdir}/results/mlflow.db")
     experiment = client.get_experiment_by_name("kdseg")
     runs = client.search_runs([experiment.experiment_id])
+    summary = [r for r in runs if r.data.tags["kdseg.stage"] == "summary"]
+    runs = [r for r in runs if r.data.tags["kdseg.stage"] != "summary"]
     assert len(runs) == 9  # teacher + 2 subsets x 4 methods, no duplicates
+    assert len(summary) == 1 and summary[0].info.status == "FINISHED"
+    artifacts = {a.path for a in client.list_artifacts(summary[0].info.run_id)}
+    assert artifacts == {"tables", "figures", "report"}
+    assert {"summary/dice/comparisons", "summary/dice/significant_better"} <= set(
+        summary[0].data.metrics)
     for r in runs:
         assert r.info.status == "FINISHED"
         assert {"kdseg.stage", "kdseg.method", "kdseg.subset", "kdseg.fold", "kdseg.seed",
@@ -181,4 +203,54 @@ def test_rerun_does_nothing_and_method_change_reruns_only_that_method(
     cfg2 = write_config(workdir / "tiny_t3.yaml", changed)
     counts = job_counts(snakemake("-n", "--cores", "2", configs=(cfg, cfg2), cwd=workdir).stdout)
     assert counts == {"student_run_config": 2, "train_student": 2, "predict": 2, "evaluate": 2,
-                      "summarize": 1, "all": 1, "total": 10}
+                      "summarize": 1, "report": 1, "all": 1, "total": 11}
+
+
+CV_CONFIG = {
+    "results_dir": "results",
+    "dataset": {"name": "tinycv", "source": "synthetic", "modalities": ["t1ce", "flair"],
+                "synthetic": {"n_cases": 8, "shape": [32, 36, 32], "seed": 1,
+                              "difficulty": 0.3}},
+    "splits": {"folds": 2, "val_fraction": 0.25, "seed": 0},
+    "seeds": [0, 1],
+    "model": {"filters": [4, 8, 16]},
+    "train": {"patch_size": [16, 16, 16], "batch_size": 2, "epochs": 1,
+              "iterations_per_epoch": 2, "val_every": 1, "max_val_cases": 1},
+    "teacher": {"train": {"iterations_per_epoch": 2}},
+    "students": {"subsets": "all", "methods": ["baseline", "logit_kd"]},
+    "statistics": {"n_boot": 200, "ranking_boot": 100},
+    "report": {"overlay_cases": 2},
+    "tracking": {"enabled": False},
+}
+
+
+def test_all_subsets_two_seeds_two_folds_end_to_end(tmp_path: Path) -> None:
+    """``subsets: all`` x 2 seeds x 2-fold cross-validation, run for real on a tiny size.
+
+    Two modalities keep it CI-sized (3 subsets, 16 runs); the full-modality student shares its
+    subset with the teacher. Every case is predicted once per model and seed (by the fold that
+    did not train on it); seeds are averaged per case and folds pooled in every table.
+    """
+    cfg = write_config(tmp_path / "cv.yaml", CV_CONFIG)
+    snakemake("--cores", "2", configs=(cfg,), cwd=tmp_path)
+    data = tmp_path / "results/tinycv"
+    splits = json.loads((data / "splits.json").read_text())
+    tests = [c for fold in splits for c in fold["test"]]
+    assert sorted(tests) == sorted(set(tests)) and len(tests) == 8
+    long = pd.read_csv(data / "summary/metrics_long.csv")
+    per_model = long[(long["region"] == "WT") & (long["metric"] == "dice")]
+    counts = per_model.groupby(["stage", "subset", "method", "seed"])["case"].agg(
+        ["count", "nunique"])
+    assert (counts["count"] == 8).all() and (counts["nunique"] == 8).all()
+    assert len(counts) == 2 + 3 * 2 * 2  # teacher x 2 seeds + subsets x methods x seeds
+    summary = pd.read_csv(data / "summary/comparison.csv")
+    assert (summary["n"] + summary["n_excluded"] == 8).all()  # folds pooled, seeds averaged
+    subsets = pd.read_csv(data / "summary/subsets.csv")
+    assert subsets.loc[subsets["metric"] == "dice", "row"].tolist() == [
+        "t1ce", "flair", "flair+t1ce", "mean (1 modality)", "mean (2 modalities)",
+        "mean (all subsets)"]
+    paired = pd.read_csv(data / "summary/paired_vs_baseline.csv")
+    assert set(paired["subset"]) == {"t1ce", "flair", "flair+t1ce"} and (paired["n"] == 8).all()
+    vs_teacher = pd.read_csv(data / "summary/paired_vs_teacher.csv")
+    assert set(vs_teacher["method"]) == {"baseline", "logit_kd"}
+    assert (data / "report/index.html").stat().st_size > 50_000

@@ -5,6 +5,7 @@ from pathlib import Path
 from snakemake.utils import min_version, validate
 
 from kdseg import config as kdcfg
+from kdseg.report.files import FIGURES, SUMMARY_FILES
 
 min_version("9.0")
 
@@ -27,6 +28,11 @@ TRACKING_JSON = f"{config['results_dir']}/tracking/experiment.json"
 TEACHER_RUN = kdcfg.teacher_dir(config, "{fold}", "{seed}")
 STUDENT_RUN = kdcfg.student_dir(config, "{subset}", "{method}", "{fold}", "{seed}")
 LOGS = f"{config['results_dir']}/logs/{config['dataset']['name']}"
+SUMMARY = f"{DATA}/summary"
+REPORT = f"{DATA}/report"
+# Summary tables shown in `snakemake --report` (file -> label); the CSVs stay plain outputs.
+REPORTED_TABLES = {"comparison.md": "digest", "results.md": "per model and region",
+                   "subsets.md": "per modality subset"}
 
 
 wildcard_constraints:

@@ -38,7 +38,7 @@ rule train_student:
     log:
         f"{LOGS}/student/{{subset}}/{{method}}/fold{{fold}}_seed{{seed}}.train.log",
     benchmark:
-        f"{DATA}/benchmarks/student/{{subset}}/{{method}}/fold{{fold}}_seed{{seed}}.train.tsv"
+        kdcfg.train_benchmark_file(STUDENT_RUN)
     shell:
         "python -m kdseg train --run-dir $(dirname {input.run_config}) --tracking {input.tracking}"
         " --threads {threads} > {log} 2>&1"

@@ -35,7 +35,7 @@ rule train_teacher:
     log:
         f"{LOGS}/teacher/fold{{fold}}_seed{{seed}}.train.log",
     benchmark:
-        f"{DATA}/benchmarks/teacher/fold{{fold}}_seed{{seed}}.train.tsv"
+        kdcfg.train_benchmark_file(TEACHER_RUN)
     shell:
         "python -m kdseg train --run-dir $(dirname {input.run_config}) --tracking {input.tracking}"
         " --threads {threads} > {log} 2>&1"

@@ -14,16 +14,34 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from kdseg.config import method_teacher
+from kdseg.config import method_teacher, train_benchmark_file
 
 TEACHER_NOTE = {"none": "none", "frozen": "frozen teacher run (shared)",
                 "joint": "teacher path trained in the job"}
 
 
+def _snakemake_benchmark(run_dir: Path) -> dict[str, float]:
+    """Wall seconds and max RSS (MB) of the training job from Snakemake's benchmark TSV.
+
+    These include process start-up and imports, which ``run.json`` does not; NaN when the run
+    was not made by the workflow (no TSV). A resumed job's TSV covers its last attempt only.
+    """
+    missing = {"job_wall_s": float("nan"), "job_max_rss_mb": float("nan")}
+    try:
+        path = Path(train_benchmark_file(str(run_dir)))
+    except ValueError:  # a run folder outside the workflow's layout
+        return missing
+    if not path.is_file():
+        return missing
+    row = pd.read_csv(path, sep="\t").iloc[-1]
+    return {"job_wall_s": float(row["s"]), "job_max_rss_mb": float(row["max_rss"])}
+
+
 def collect_costs(run_dirs: Sequence[Path]) -> pd.DataFrame:
     """One row per run: identity, teacher mode, steps, training seconds (``train_s``: epochs
     incl. validation; ``steps_s``: the optimisation steps incl. data loading), s/step (from
-    ``steps_s``), peak memory."""
+    ``steps_s``), peak memory (``run.json``), and the whole job's wall time and max RSS from
+    Snakemake's benchmark file (``job_wall_s``, ``job_max_rss_mb``; NaN without one)."""
     rows = []
     for run_dir in map(Path, run_dirs):
         cfg = yaml.safe_load((run_dir / "run_config.yaml").read_text())
@@ -37,7 +55,7 @@ def collect_costs(run_dirs: Sequence[Path]) -> pd.DataFrame:
             "train_s": float(info.get("train_time_s", float("nan"))),
             "steps_s": float(info.get("steps_time_s", float("nan"))),
             "peak_rss_mb": float(info.get("peak_rss_mb", float("nan"))),
-            "device": info.get("device", ""),
+            "device": info.get("device", ""), **_snakemake_benchmark(run_dir),
         })
     if not rows:
         raise ValueError("collect_costs: no runs")
@@ -50,19 +68,25 @@ def cost_markdown(costs: pd.DataFrame) -> str:
     """Per model kind (teacher, then each method): mean training time per job and per step."""
     grouped = costs.groupby(["stage", "method", "teacher"], sort=False).agg(
         jobs=("train_s", "size"), train_s=("train_s", "mean"), s_per_step=("s_per_step", "mean"),
-        steps=("steps", "first"), peak_rss_mb=("peak_rss_mb", "max")).reset_index()
+        steps=("steps", "first"), peak_rss_mb=("peak_rss_mb", "max"),
+        job_wall_s=("job_wall_s", "mean")).reset_index()
     base = grouped.loc[(grouped["method"] == "baseline") & (grouped["stage"] == "student"),
                        "s_per_step"]
     devices = ", ".join(sorted(map(str, set(costs["device"])))) or "unknown"
     lines = [f"**Training cost** — mean per job; s/step = optimisation steps incl. data loading, "
-             f"validation excluded; train s = whole training incl. validation "
-             f"(device: {devices})", "",
-             "| model | teacher | jobs | steps | train s | s/step | × baseline | peak RSS MB |",
-             "|---|---|---|---|---|---|---|---|"]
+             "validation excluded; train s = whole training incl. validation; job s = the "
+             f"Snakemake job's wall time incl. start-up (device: {devices})", "",
+             "| model | teacher | jobs | steps | train s | s/step | × baseline | peak RSS MB "
+             "| job s |", "|---|---|---|---|---|---|---|---|---|"]
     for row in grouped.itertuples():
         label = "teacher (all modalities)" if row.stage == "teacher" else row.method
         ratio = f"{row.s_per_step / base.iloc[0]:.2f}" if len(base) else "–"
         note = TEACHER_NOTE.get(row.teacher, "—")
         lines.append(f"| {label} | {note} | {row.jobs} | {row.steps} | {row.train_s:.0f} | "
-                     f"{row.s_per_step:.3f} | {ratio} | {row.peak_rss_mb:.0f} |")
+                     f"{row.s_per_step:.3f} | {ratio} | {row.peak_rss_mb:.0f} | "
+                     f"{_seconds(row.job_wall_s)} |")
     return "\n".join(lines) + "\n"
+
+
+def _seconds(value: float) -> str:
+    return "–" if pd.isna(value) else f"{value:.0f}"

@@ -1,4 +1,5 @@
-"""Paired statistics: each distillation method against a reference student (the baseline).
+"""Paired statistics: each distillation method against a reference (the baseline student, or
+the full-modality teacher as the upper reference).
 
 The unit is the patient. For one (subset, region, metric), a method's per-case values (seeds,
 and the single fold that predicted the case, averaged per case first) are paired with the
@@ -39,6 +40,10 @@ With n pairs the smallest two-sided p-value the signed-rank test can reach is ``
 
 STATISTICS: tuple[str, ...] = ("median", "mean")
 
+TEACHER = "teacher"
+"""Method name of the full-modality teacher's rows; :func:`compare_to_reference` accepts it as
+the reference (the upper bound a student is compared against)."""
+
 _KEYS = ["subset", "method", "region", "metric"]
 _COLUMNS = ["subset", "method", "reference", "region", "metric", "n", "median_method",
             "median_reference", "median_diff", "mean_diff", "ci_low", "ci_high", "p_wilcoxon",
@@ -53,14 +58,15 @@ def _clean(diffs: np.ndarray | Sequence[float]) -> np.ndarray:
 
 
 def _per_case(long: pd.DataFrame) -> dict[tuple, pd.Series]:
-    """Student values per case for each (subset, method, region, metric), indexed by case.
+    """Values per case for each (subset, method, region, metric), indexed by case.
+
+    The teacher's rows are keyed ``(<all modalities>, "teacher", region, metric)``.
 
     Rows of one case (its seeds, and the one fold that predicted it) are averaged first; NaN
     rows are skipped within a case (as in :func:`kdseg.report.tables.summarise`), so a case is
     NaN only if all its rows are.
     """
-    students = long[long["stage"] != "teacher"]
-    means = students.groupby([*_KEYS, "case"], sort=False)["value"].mean()
+    means = long.groupby([*_KEYS, "case"], sort=False)["value"].mean()
     return {key: group.droplevel(_KEYS) for key, group in means.groupby(level=_KEYS, sort=False)}
 
 
@@ -185,61 +191,77 @@ def rank_biserial(diffs: np.ndarray | Sequence[float]) -> float:
 
 
 def holm(pvalues: Sequence[float] | np.ndarray) -> np.ndarray:
-    """Holm step-down adjusted p-values.
+    """Holm step-down adjusted p-values (statsmodels ``multipletests(method="holm")``).
 
-    NaN entries come back as NaN and do not count towards the family size. With the m valid
-    p-values sorted ascending, ``p_adj(i) = max_{j <= i} min(1, (m − j + 1) p(j))``, so adjusted
-    values are >= the raw ones, <= 1 and in the same order as the raw ones.
+    NaN entries come back as NaN and do not count towards the family size (statsmodels would
+    propagate them). With the m valid p-values sorted ascending,
+    ``p_adj(i) = max_{j <= i} min(1, (m − j + 1) p(j))``, so adjusted values are >= the raw
+    ones, <= 1 and in the same order as the raw ones. Note: statsmodels' *default* method is
+    Holm–Šidák, not Holm; the method is named explicitly here.
     """
+    from statsmodels.stats.multitest import multipletests
+
     p = np.asarray(pvalues, dtype=np.float64).ravel()
     valid = ~np.isnan(p)
     q = p[valid]
     if np.any((q < 0) | (q > 1)):
         raise ValueError("p-values must lie in [0, 1]")
-    order = np.argsort(q, kind="stable")
-    m = q.size
-    adjusted_sorted = np.minimum(np.maximum.accumulate((m - np.arange(m)) * q[order]), 1.0)
-    adjusted = np.empty(m)
-    adjusted[order] = adjusted_sorted
     out = np.full(p.shape, np.nan)
-    out[valid] = adjusted
+    if q.size:
+        out[valid] = multipletests(q, alpha=ALPHA, method="holm")[1]
     return out
+
+
+def teacher_subset(long: pd.DataFrame) -> str:
+    """The teacher's subset (all modalities) in ``long``; raise if there is no single one."""
+    subsets = sorted(set(long.loc[long["stage"] == "teacher", "subset"]))
+    if len(subsets) != 1:
+        raise ValueError(f"expected the rows of one teacher subset, found {subsets or 'none'}")
+    return subsets[0]
 
 
 def compare_to_reference(long: pd.DataFrame, reference: str = "baseline",
                          family: str = "subset_region", n_boot: int = 2000,
                          seed: int = 0) -> pd.DataFrame:
-    """One row per student subset x non-reference method x region x metric.
+    """One row per student subset x compared method x region x metric.
 
-    Teacher rows are ignored. Subsets, methods, regions and metrics appear in the order of
-    ``long``. ``median_method`` / ``median_reference`` are medians over the paired cases only,
-    so they, the differences and ``n`` refer to the same patients. ``diff`` is always
-    method − reference (positive = better Dice, worse HD95). Holm adjusts over the ``family``
-    (one of :data:`FAMILIES`); ``significant`` is ``p_holm < ALPHA`` (False where p is NaN).
+    ``reference`` is either a student method (normally ``"baseline"``): every *other* method of
+    a subset is paired with it on the cases of that subset; or :data:`TEACHER`: *every* student
+    method, the baseline included, is paired with the full-modality teacher's values of the same
+    cases (the upper reference: how much of the teacher's accuracy a student recovers).
+
+    Subsets, methods, regions and metrics appear in the order of ``long``.
+    ``median_method`` / ``median_reference`` are medians over the paired cases only, so they,
+    the differences and ``n`` refer to the same patients. ``diff`` is always method − reference
+    (positive = better Dice, worse HD95). Holm adjusts over the ``family`` (one of
+    :data:`FAMILIES`); ``significant`` is ``p_holm < ALPHA`` (False where p is NaN).
 
     Raises
     ------
     ValueError
-        For an unknown ``family``, or a subset with other methods but no ``reference`` rows.
+        For an unknown ``family``, a subset with other methods but no ``reference`` rows, or
+        ``reference="teacher"`` without exactly one teacher subset.
     """
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; choose one of {list(FAMILIES)}")
     per_case = _per_case(long)
     students = long[long["stage"] != "teacher"]
+    ref_subset = teacher_subset(long) if reference == TEACHER else None
     rows = []
     for subset, in_subset in students.groupby("subset", sort=False):
         methods = [m for m in dict.fromkeys(in_subset["method"]) if m != reference]
         if not methods:
             continue
-        if reference not in set(in_subset["method"]):
+        if ref_subset is None and reference not in set(in_subset["method"]):
             raise ValueError(f"subset {subset!r} has no {reference!r} rows to compare against")
         regions = list(dict.fromkeys(in_subset["region"]))
         metrics = list(dict.fromkeys(in_subset["metric"]))
         for method in methods:
             for region in regions:
                 for metric in metrics:
+                    ref_key = (ref_subset or subset, reference, region, metric)
                     paired = _pair(_values(per_case, (subset, method, region, metric)),
-                                   _values(per_case, (subset, reference, region, metric)))
+                                   _values(per_case, ref_key))
                     rows.append({"subset": subset, "method": method, "reference": reference,
                                  "region": region, "metric": metric,
                                  **_pair_statistics(paired, n_boot, seed), "family": family})

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from kdseg.fileio import atomic_path, write_text_atomic
+from kdseg.report.stats import MIN_PAIRS_WILCOXON
 
 ID_COLUMNS = ["stage", "subset", "method", "fold", "seed"]
 
@@ -83,10 +83,14 @@ def _model_label(stage: str, subset: str, method: str) -> str:
     return f"teacher ({subset})" if stage == "teacher" else f"{subset} · {method}"
 
 
-def comparison_markdown(summary: pd.DataFrame, digits: dict[str, int] | None = None) -> str:
-    """One Markdown table per metric: rows = models, columns = regions; cells mean ± sd (median)."""
+def comparison_markdown(summary: pd.DataFrame, digits: dict[str, int] | None = None,
+                        metrics: Sequence[str] | None = None) -> str:
+    """One Markdown table per metric (all, or those in ``metrics``): rows = models, columns =
+    regions; cells mean ± sd (median)."""
     digits = digits or {"dice": 3, "hd95": 1}
     out = []
+    if metrics is not None:
+        summary = summary[summary["metric"].isin(metrics)]
     for metric, table in summary.groupby("metric", sort=False):
         d = digits.get(str(metric), 3)
         regions = list(dict.fromkeys(table["region"]))
@@ -116,7 +120,7 @@ def paired_markdown(stats: pd.DataFrame, metric: str = "dice", digits: int = 3) 
     family = table["family"].iloc[0]
     lines = [f"**Δ {metric.upper()} vs {reference}** — median paired difference per case "
              f"[95 % bootstrap CI], Holm-adjusted Wilcoxon p (family: {family}); "
-             f"* = p < 0.05", "",
+             f"* = p < 0.05; p = – with fewer than {MIN_PAIRS_WILCOXON} paired cases", "",
              f"| model | {' | '.join(regions)} |", "|" + "---|" * (len(regions) + 1)]
     for (subset, method), rows in table.groupby(["subset", "method"], sort=False):
         by_region = rows.set_index("region")
@@ -124,38 +128,8 @@ def paired_markdown(stats: pd.DataFrame, metric: str = "dice", digits: int = 3) 
         for r in regions:
             row = by_region.loc[r]
             star = "*" if row["significant"] else ""
+            p = "–" if pd.isna(row["p_holm"]) else f"{row['p_holm']:.2g}"
             cells.append(f"{row['median_diff']:+.{digits}f} [{row['ci_low']:+.{digits}f}, "
-                         f"{row['ci_high']:+.{digits}f}] p={row['p_holm']:.2g}{star}")
+                         f"{row['ci_high']:+.{digits}f}] p={p}{star}")
         lines.append(f"| {subset} · {method} | {' | '.join(cells)} |")
     return "\n".join(lines) + "\n"
-
-
-def write_summary(run_dirs: Sequence[Path], out_dir: Path) -> tuple[pd.DataFrame, str]:
-    """Write ``metrics_long.csv``, ``comparison.csv``, ``cost.csv``,
-    ``paired_vs_baseline.csv`` (when a baseline and another method ran) and ``comparison.md``
-    (accuracy tables, Δ Dice vs baseline, training cost) into ``out_dir``."""
-    from kdseg.report.cost import collect_costs, cost_markdown
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    long = collect_metrics(run_dirs)
-    summary = summarise(long)
-    costs = collect_costs(run_dirs)
-    markdown = comparison_markdown(summary)
-    students = long[long["stage"] == "student"]
-    if "baseline" in set(students["method"]) and students["method"].nunique() > 1:
-        from kdseg.report.stats import compare_to_reference
-
-        stats = compare_to_reference(long, reference="baseline")
-        with atomic_path(out_dir / "paired_vs_baseline.csv") as tmp:
-            stats.to_csv(tmp, index=False)
-        markdown += "\n" + paired_markdown(stats, "dice")
-    markdown += "\n" + cost_markdown(costs)
-    with atomic_path(out_dir / "cost.csv") as tmp:
-        costs.to_csv(tmp, index=False)
-    with atomic_path(out_dir / "metrics_long.csv") as tmp:
-        long.drop(columns="row_order").to_csv(tmp, index=False)
-    with atomic_path(out_dir / "comparison.csv") as tmp:
-        summary.to_csv(tmp, index=False)
-    write_text_atomic(markdown, out_dir / "comparison.md")
-    return summary, markdown

@@ -1,0 +1,66 @@
+"""Mirror the benchmark's tables, figures and report into one MLflow *summary* run.
+
+The per-run test metrics stay on the training runs (``kdseg evaluate`` syncs them); the summary
+run carries what belongs to the benchmark as a whole. It is found again by a deterministic run
+key (the dataset plus a hash of the run keys it summarises), so rerunning the report updates the
+same run instead of adding one. Afterwards every kdseg run of the dataset that is not part of
+this benchmark (an older config's) is tagged ``kdseg.current=false``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from kdseg.tracking import RunTracker, mark_stale_runs
+
+if TYPE_CHECKING:
+    from kdseg.report.html import ReportInputs
+
+
+def summary_run_key(dataset: str, run_keys: list[str]) -> str:
+    """``<dataset>/summary/<sha1 of the sorted run keys>``: one summary run per design."""
+    digest = hashlib.sha1("\n".join(sorted(run_keys)).encode()).hexdigest()[:10]
+    return f"{dataset}/summary/{digest}"
+
+
+def log_summary_run(inputs: ReportInputs, report_dir: Path, tracking: dict[str, str]) -> bool:
+    """Log tables, figures and ``index.html`` to the summary run; True when all arrived.
+
+    Never raises for tracking failures (the tracker warns and disables itself).
+    """
+    infos = [json.loads((Path(r) / "run.json").read_text()) for r in inputs.runs]
+    dataset = inputs.config["dataset"]["name"]
+    run_keys = [info["run_key"] for info in infos]
+    key = summary_run_key(dataset, run_keys)
+    stats = inputs.config.get("statistics", {})
+    tracker = RunTracker.open(
+        tracking["uri"], tracking["experiment_id"], key, f"summary · {dataset}",
+        tags={"kdseg.stage": "summary", "kdseg.dataset": dataset,
+              "kdseg.git_sha": str(infos[0].get("git_sha", "unknown"))},
+        params={"n_runs": len(run_keys), **{f"statistics.{k}": v for k, v in stats.items()}},
+    )
+    paired = inputs.table("paired_vs_baseline")
+    if not paired.empty:
+        for metric, rows in paired.groupby("metric"):
+            tracker.log_metrics({
+                f"summary/{metric}/comparisons": float(len(rows)),
+                f"summary/{metric}/significant_better": float(
+                    (rows["significant"] & (rows["median_diff"] > 0)).sum()),
+                f"summary/{metric}/significant_worse": float(
+                    (rows["significant"] & (rows["median_diff"] < 0)).sum()),
+            }, step=0)
+    for path in sorted(inputs.summary_dir.iterdir()):
+        if path.is_file() and not path.name.startswith("."):
+            tracker.log_artifact(path, "tables")
+    for path in sorted((report_dir / "figures").iterdir()):
+        if path.is_file() and not path.name.startswith("."):
+            tracker.log_artifact(path, "figures")
+    tracker.log_artifact(report_dir / "index.html", "report")
+    ok = tracker.ok
+    tracker.finish("FINISHED")
+    mark_stale_runs(tracking["uri"], tracking["experiment_id"], [*run_keys, key],
+                    key_prefix=f"{dataset}/")
+    return ok

@@ -1,0 +1,136 @@
+"""Pick the cases, runs and slices of the overlay figure and read them from disk.
+
+What is shown, chosen without looking at the pictures:
+
+* the *best distilled student* is the subset x method with the largest mean (over regions)
+  median paired Δ Dice vs the baseline; its subset's baseline and the teacher are shown beside
+  it (without a KD method: the first subset's baseline alone);
+* the cases are those at the lowest, median and highest per-case Δ mean Dice of that student vs
+  the baseline (evenly spaced in that order for more than three), so the figure shows where
+  distillation hurt, did nothing and helped, not a hand-picked success;
+* the slice is the axial slice (after reorientation to RAS) with the largest reference tumour
+  area; the image is the student's first available modality.
+
+Predictions come from the lowest seed; with k folds each case is read from the fold whose model
+did not train on it (the run folder that holds its prediction).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import yaml
+
+from kdseg.data.io import expected_path
+from kdseg.data.labels import LabelConvention
+from kdseg.evaluation.evaluate import reference_path
+from kdseg.report.figures import OverlayPanel
+from kdseg.report.stats import TEACHER
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    stage: str
+    subset: str
+    method: str
+    fold: int
+    seed: int
+    run_dir: Path
+
+
+def run_infos(run_dirs: Sequence[Path]) -> list[RunInfo]:
+    """Identity of each run folder from its ``run_config.yaml``."""
+    out = []
+    for run_dir in map(Path, run_dirs):
+        cfg = yaml.safe_load((run_dir / "run_config.yaml").read_text())
+        out.append(RunInfo(cfg["stage"], cfg["subset"], cfg["method"]["name"], int(cfg["fold"]),
+                           int(cfg["seed"]), run_dir))
+    return out
+
+
+def best_student(paired: pd.DataFrame, long: pd.DataFrame) -> tuple[str, str | None]:
+    """``(subset, best KD method or None)`` by mean-over-regions median Δ Dice vs baseline."""
+    dice = paired[paired["metric"] == "dice"] if not paired.empty else paired
+    if dice.empty:
+        students = long[long["stage"] == "student"]
+        return str(students["subset"].iloc[0]), None
+    score = dice.groupby(["subset", "method"], sort=False)["median_diff"].mean()
+    subset, method = score.idxmax()
+    return str(subset), str(method)
+
+
+def pick_cases(long: pd.DataFrame, subset: str, method: str | None, n: int) -> list[str]:
+    """Cases at evenly spaced quantiles of the per-case Δ mean Dice (method − baseline)."""
+    rows = long[(long["stage"] == "student") & (long["subset"] == subset) &
+                (long["metric"] == "dice")]
+    per_case = rows.groupby(["method", "case"])["value"].mean().unstack("method")
+    if method is None:
+        order = per_case["baseline"].sort_values(kind="stable").index.tolist()
+    else:
+        diff = (per_case[method] - per_case["baseline"]).dropna()
+        order = diff.sort_values(kind="stable").index.tolist()
+    if len(order) <= n:
+        return order
+    picks = np.unique(np.round(np.linspace(0, len(order) - 1, n)).astype(int))
+    return [order[i] for i in picks]
+
+
+def _canonical(path: Path) -> np.ndarray:
+    return np.asanyarray(nib.as_closest_canonical(nib.load(path)).dataobj)
+
+
+def _prediction(runs: Sequence[RunInfo], stage: str, subset: str, method: str,
+                case: str) -> Path | None:
+    """The lowest-seed prediction of ``case`` by the (stage, subset, method) runs, if any."""
+    for run in sorted(runs, key=lambda r: (r.seed, r.fold)):
+        if (run.stage, run.subset, run.method) == (stage, subset, method):
+            path = run.run_dir / "predictions" / f"{case}.nii.gz"
+            if path.is_file():
+                return path
+    return None
+
+
+def _display(slice_2d: np.ndarray) -> np.ndarray:
+    # RAS (x right, y anterior): transpose + flip puts anterior up, patient right on the left.
+    return np.flipud(slice_2d.T)
+
+
+def overlay_rows(long: pd.DataFrame, paired: pd.DataFrame, run_dirs: Sequence[Path],
+                 references: Path, convention: LabelConvention, modalities: Sequence[str],
+                 n_cases: int) -> tuple[list[tuple[str, list[OverlayPanel]]], str]:
+    """Rows for :func:`kdseg.report.figures.overlay_figure` and the figure caption."""
+    runs = run_infos(run_dirs)
+    subset, method = best_student(paired, long)
+    cases = pick_cases(long, subset, method, n_cases)
+    modality = next(m for m in modalities if m in subset.split("+"))
+    teacher_subset = next((r.subset for r in runs if r.stage == "teacher"), None)
+    columns = [("teacher", "teacher", teacher_subset, TEACHER),
+               ("baseline", "student", subset, "baseline")]
+    if method is not None:
+        columns.append((method, "student", subset, method))
+    rows = []
+    for case in cases:
+        reference = convention.to_classes(_canonical(reference_path(references, case)),
+                                          f"reference of {case}")
+        image = _canonical(expected_path(references / case, case, modality)).astype(np.float32)
+        z = int(np.argmax((reference > 0).sum(axis=(0, 1))))
+        panels = [OverlayPanel(f"{modality} (input)", _display(image[:, :, z]), None),
+                  OverlayPanel("reference", _display(image[:, :, z]),
+                               _display(reference[:, :, z]))]
+        for title, stage, col_subset, col_method in columns:
+            path = _prediction(runs, stage, col_subset, col_method, case) if col_subset else None
+            if path is None:
+                continue
+            classes = convention.to_classes(_canonical(path), str(path))
+            panels.append(OverlayPanel(title, _display(image[:, :, z]),
+                                       _display(classes[:, :, z])))
+        rows.append((f"{case} (z={z})", panels))
+    shown = f"{subset} student: baseline" + (f" vs {method} (best KD)" if method else "")
+    caption = (f"{shown}; cases at the lowest, median and highest per-case Δ Dice"
+               if method else f"{shown}")
+    return rows, caption
