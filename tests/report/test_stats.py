@@ -301,3 +301,38 @@ def test_holm_equals_statsmodels_reference_values() -> None:
     np.testing.assert_allclose(holm([0.03, 0.01, np.nan, 0.04, 0.02]),
                                [0.06, 0.04, np.nan, 0.06, 0.06])
     assert holm([]).size == 0
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.floats(0, 1), min_size=6, max_size=20),
+       st.floats(min_value=-0.5, max_value=0.5).filter(lambda s: abs(s) > 1e-6))
+def test_constant_shift_gives_a_zero_width_ci_at_the_shift(values: list[float],
+                                                           shift: float) -> None:
+    rows = []
+    for i, v in enumerate(values):
+        rows += [_row("t1", "baseline", f"c{i}", v), _row("t1", "kd", f"c{i}", v + shift)]
+    table = compare_to_reference(pd.DataFrame(rows), n_boot=200)
+    row = table.iloc[0]
+    assert row["median_diff"] == pytest.approx(shift, abs=1e-9)
+    assert row["ci_low"] == pytest.approx(shift, abs=1e-9)
+    assert row["ci_high"] == pytest.approx(shift, abs=1e-9)
+    assert abs(row["rank_biserial"]) == 1.0
+    # every pair moves the same way: the exact two-sided p is 2 / 2**n; scipy computes it
+    # exactly (by permutation when float rounding leaves tied |d|) up to n = 13 pairs and
+    # approximates it above
+    if len(values) <= 13:
+        assert row["p_wilcoxon"] == pytest.approx(2 / 2 ** len(values))
+    else:
+        assert row["p_wilcoxon"] < 1e-3
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.floats(0, 1), min_size=1, max_size=15))
+def test_a_method_against_itself_has_zero_effect(values: list[float]) -> None:
+    rows = []
+    for i, v in enumerate(values):
+        rows += [_row("t1", "baseline", f"c{i}", v), _row("t1", "copy", f"c{i}", v)]
+    row = compare_to_reference(pd.DataFrame(rows), n_boot=50).iloc[0]
+    assert row["median_diff"] == 0 and row["ci_low"] == 0 and row["ci_high"] == 0
+    assert row["rank_biserial"] == 0 and not row["significant"]
+    assert row["p_wilcoxon"] == (1.0 if len(values) >= 6 else pytest.approx(np.nan, nan_ok=True))

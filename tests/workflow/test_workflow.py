@@ -224,16 +224,26 @@ CV_CONFIG = {
 }
 
 
-def test_all_subsets_two_seeds_two_folds_end_to_end(tmp_path: Path) -> None:
+@pytest.mark.parametrize("modalities", [
+    ["t1ce", "flair"],
+    pytest.param(["t1", "t1ce", "t2", "flair"], marks=pytest.mark.slow, id="15-subsets"),
+])
+def test_all_subsets_two_seeds_two_folds_end_to_end(tmp_path: Path,
+                                                    modalities: list[str]) -> None:
     """``subsets: all`` x 2 seeds x 2-fold cross-validation, run for real on a tiny size.
 
-    Two modalities keep it CI-sized (3 subsets, 16 runs); the full-modality student shares its
+    Two modalities keep the default run CI-sized (3 subsets, 16 runs); the ``slow`` variant runs
+    all 15 subsets of the four BraTS modalities (124 runs). The full-modality student shares its
     subset with the teacher. Every case is predicted once per model and seed (by the fold that
     did not train on it); seeds are averaged per case and folds pooled in every table.
     """
-    cfg = write_config(tmp_path / "cv.yaml", CV_CONFIG)
+    from kdseg.config import all_subsets
+
+    config = {**CV_CONFIG, "dataset": {**CV_CONFIG["dataset"], "modalities": modalities}}
+    cfg = write_config(tmp_path / "cv.yaml", config)
     snakemake("--cores", "2", configs=(cfg,), cwd=tmp_path)
     data = tmp_path / "results/tinycv"
+    subsets = all_subsets(modalities)
     splits = json.loads((data / "splits.json").read_text())
     tests = [c for fold in splits for c in fold["test"]]
     assert sorted(tests) == sorted(set(tests)) and len(tests) == 8
@@ -242,15 +252,17 @@ def test_all_subsets_two_seeds_two_folds_end_to_end(tmp_path: Path) -> None:
     counts = per_model.groupby(["stage", "subset", "method", "seed"])["case"].agg(
         ["count", "nunique"])
     assert (counts["count"] == 8).all() and (counts["nunique"] == 8).all()
-    assert len(counts) == 2 + 3 * 2 * 2  # teacher x 2 seeds + subsets x methods x seeds
+    assert len(counts) == 2 + len(subsets) * 2 * 2  # teacher x seeds + subsets x methods x seeds
     summary = pd.read_csv(data / "summary/comparison.csv")
     assert (summary["n"] + summary["n_excluded"] == 8).all()  # folds pooled, seeds averaged
-    subsets = pd.read_csv(data / "summary/subsets.csv")
-    assert subsets.loc[subsets["metric"] == "dice", "row"].tolist() == [
-        "t1ce", "flair", "flair+t1ce", "mean (1 modality)", "mean (2 modalities)",
+    table = pd.read_csv(data / "summary/subsets.csv")
+    rows = table.loc[table["metric"] == "dice", "row"].tolist()
+    sizes = range(1, len(modalities) + 1)
+    assert rows == subsets + [f"mean ({k} modalit{'y' if k == 1 else 'ies'})" for k in sizes] + [
         "mean (all subsets)"]
+    assert [len(s.split("+")) for s in subsets] == sorted(len(s.split("+")) for s in subsets)
     paired = pd.read_csv(data / "summary/paired_vs_baseline.csv")
-    assert set(paired["subset"]) == {"t1ce", "flair", "flair+t1ce"} and (paired["n"] == 8).all()
+    assert set(paired["subset"]) == set(subsets) and (paired["n"] == 8).all()
     vs_teacher = pd.read_csv(data / "summary/paired_vs_teacher.csv")
     assert set(vs_teacher["method"]) == {"baseline", "logit_kd"}
     assert (data / "report/index.html").stat().st_size > 50_000

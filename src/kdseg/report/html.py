@@ -121,7 +121,10 @@ def _findings(inputs: ReportInputs) -> list[str]:
         out.append(f"{len(dice)} paired Dice comparisons against the baseline student "
                    f"(up to {n_cases} test cases each): {len(up)} significant improvements, "
                    f"{len(down)} significant degradations after Holm correction.")
-        if n_cases and n_cases < 10:
+        if n_cases and n_cases < MIN_PAIRS_WILCOXON:
+            out.append(f"With n = {n_cases} paired cases no test is run (it needs at least "
+                       f"{MIN_PAIRS_WILCOXON}); read the confidence intervals.")
+        elif n_cases and n_cases < 10:
             out.append(f"With n = {n_cases} cases the smallest Wilcoxon p-value possible is "
                        f"{2 / 2 ** n_cases:.3g} before correction, so little can reach "
                        "significance at this size; read the confidence intervals.")
@@ -145,7 +148,7 @@ def _design(inputs: ReportInputs) -> dict[str, Any]:
     first = infos[0]
     train = cfg.get("train", {})
     rows = [
-        ("dataset", f"{cfg['dataset']['name']} ({cfg['dataset']['source']}), "
+        ("dataset", f"{cfg['dataset']['name']} (source: {cfg['dataset']['source']}), "
                     f"{fingerprint['n_cases']} cases, labels {fingerprint['label_convention']}"),
         ("modalities", ", ".join(fingerprint["modalities"])),
         ("median shape / spacing (mm)",

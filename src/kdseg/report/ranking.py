@@ -30,11 +30,14 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from kdseg.evaluation.metrics import HIGHER_IS_BETTER
+
 ALL_SUBSETS = "all subsets"
 """``subset`` label of the ranking over every subset at once."""
 
-LOWER_IS_BETTER: frozenset[str] = frozenset({"hd95"})
-"""Metrics where a smaller value is better; every other metric is ranked higher-is-better."""
+LOWER_IS_BETTER: frozenset[str] = frozenset(
+    metric for metric, higher in HIGHER_IS_BETTER.items() if not higher)
+"""Metrics where a smaller value is better (HD95); every other metric ranks higher-is-better."""
 
 RANKING_COLUMNS = ["subset", "method", "n_cases", "score", "rank", "p_first", "rank_low",
                    "rank_high", "kendall_tau_median"]
