@@ -161,6 +161,17 @@ def test_end_to_end_outputs(tiny_run: tuple[Path, Path]) -> None:
         assert (data / f"report/figures/{name}.pdf").exists()
 
 
+def test_snakemake_report_holds_the_annotated_outputs(tiny_run: tuple[Path, Path]) -> None:
+    workdir, cfg = tiny_run
+    out = workdir / "snakemake-report.html"
+    proc = snakemake("--report", str(out), configs=(cfg,), cwd=workdir)
+    log = proc.stdout + proc.stderr
+    for name in ("comparison.md", "results.md", "subsets.md", "index.html", "overlays.png",
+                 "ranking_stability.png"):
+        assert f"Adding {name}" in log, name
+    assert out.stat().st_size > 100_000
+
+
 def test_end_to_end_mlflow_runs(tiny_run: tuple[Path, Path]) -> None:
     from mlflow.tracking import MlflowClient
 
