@@ -96,3 +96,19 @@ def test_nsd_tolerance_option_reaches_rows(tmp_path: Path, tiny_data: dict, caps
 def test_unknown_command_is_usage_error() -> None:
     proc = subprocess.run([sys.executable, "-m", "kdseg", "bogus"], capture_output=True, text=True)
     assert proc.returncode == 2 and "invalid choice" in proc.stderr
+
+
+def test_summarize_and_report_name_what_is_missing(tmp_path: Path, capsys) -> None:
+    run = tmp_path / "runs/student/t1/baseline/fold0/seed0"
+    run.mkdir(parents=True)
+    (run / "run_config.yaml").write_text(
+        "stage: student\nsubset: t1\nmethod: {name: baseline, kind: baseline}\nfold: 0\nseed: 0\n")
+    code = main(["summarize", "--runs", str(run), "--out-dir", str(tmp_path / "summary")])
+    assert code == 2
+    assert f"{run / 'metrics_per_case.csv'}: missing" in capsys.readouterr().err
+    code = main(["report", "--summary-dir", str(tmp_path / "nothing"), "--runs", str(run),
+                 "--references", str(tmp_path), "--preprocessed", str(tmp_path),
+                 "--config-json", '{"dataset": {"labels": "brats", "modalities": ["t1"]}}',
+                 "--out-dir", str(tmp_path / "report")])
+    assert code == 2
+    assert "run `kdseg summarize` first" in capsys.readouterr().err

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from kdseg.data.io import expected_path
+from kdseg.data.io import NIFTI_EXTENSIONS
 from kdseg.data.labels import LabelConvention
 from kdseg.evaluation.evaluate import reference_path
 from kdseg.report.figures import OverlayPanel
@@ -80,6 +80,15 @@ def pick_cases(long: pd.DataFrame, subset: str, method: str | None, n: int) -> l
     return [order[i] for i in picks]
 
 
+def _image_path(references: Path, case: str, modality: str) -> Path:
+    """``<references>/<case>/<case>_<modality>.nii.gz`` (or ``.nii``); raise naming it if absent."""
+    for ext in NIFTI_EXTENSIONS:
+        path = references / case / f"{case}_{modality}{ext}"
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"{references / case}: no {case}_{modality}.nii(.gz) for the overlay")
+
+
 def _canonical(path: Path) -> np.ndarray:
     return np.asanyarray(nib.as_closest_canonical(nib.load(path)).dataobj)
 
@@ -117,7 +126,7 @@ def overlay_rows(long: pd.DataFrame, paired: pd.DataFrame, run_dirs: Sequence[Pa
     for case in cases:
         reference = convention.to_classes(_canonical(reference_path(references, case)),
                                           f"reference of {case}")
-        image = _canonical(expected_path(references / case, case, modality)).astype(np.float32)
+        image = _canonical(_image_path(references, case, modality)).astype(np.float32)
         z = int(np.argmax((reference > 0).sum(axis=(0, 1))))
         panels = [OverlayPanel(f"{modality} (input)", _display(image[:, :, z]), None),
                   OverlayPanel("reference", _display(image[:, :, z]),
