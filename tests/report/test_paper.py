@@ -87,3 +87,12 @@ def test_renderings_share_cells_and_escape() -> None:
     plain = formats.plain_csv_frame(table)
     assert plain.loc[0, "Δ"] == "+0.1 ± 2%"
     assert np.all(plain.columns == table.columns)
+
+
+def test_wide_latex_tables_are_scaled_to_the_text_width() -> None:
+    narrow = formats.to_latex(pd.DataFrame({"a": ["x"]}), "c", "tab:n")
+    wide = formats.to_latex(pd.DataFrame({f"m{i} · WT": ["—"] for i in range(12)}), "c", "tab:w")
+    assert "resizebox" not in narrow
+    assert "\\resizebox{\\textwidth}{!}{%\n\\begin{tabular}" in wide
+    assert wide.count("{") == wide.count("}")  # the box closes after the tabular
+    assert "m0 $\\cdot$ WT" in wide and "---" in wide

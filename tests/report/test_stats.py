@@ -15,6 +15,7 @@ from kdseg.report.stats import (
     bootstrap_ci,
     compare_to_reference,
     holm,
+    paired_difference_table,
     paired_differences,
     rank_biserial,
     wilcoxon_p,
@@ -336,3 +337,17 @@ def test_a_method_against_itself_has_zero_effect(values: list[float]) -> None:
     assert row["median_diff"] == 0 and row["ci_low"] == 0 and row["ci_high"] == 0
     assert row["rank_biserial"] == 0 and not row["significant"]
     assert row["p_wilcoxon"] == (1.0 if len(values) >= 6 else pytest.approx(np.nan, nan_ok=True))
+
+
+def test_paired_difference_table_equals_paired_differences(long_table: pd.DataFrame) -> None:
+    long = long_table.copy()
+    long.loc[long.index[::7], "value"] = np.nan  # some missing pairs
+    table = paired_difference_table(long)
+    assert set(table["method"]) == {"same", "better"}
+    for (subset, method, region, metric), rows in table.groupby(
+            ["subset", "method", "region", "metric"]):
+        expected = paired_differences(long, method, "baseline", subset, region, metric)
+        got = rows.sort_values("case")
+        assert got["case"].tolist() == expected.sort_values("case")["case"].tolist()
+        np.testing.assert_allclose(got["diff"], expected.sort_values("case")["diff"])
+    assert paired_difference_table(long, reference="nope").empty

@@ -32,7 +32,7 @@ from matplotlib.figure import Figure
 
 from kdseg.fileio import atomic_path
 from kdseg.report.paper import subset_order
-from kdseg.report.stats import paired_differences
+from kdseg.report.stats import paired_difference_table
 
 # BraTS colours used by most papers: NCR red, edema green, enhancing tumour yellow.
 CLASS_COLOURS = ListedColormap(["#00000000", "#e41a1c", "#4daf4a", "#ffd92f"])
@@ -74,11 +74,13 @@ def paired_differences_figure(long: pd.DataFrame, paired: pd.DataFrame, metric: 
                                       0.6 + 2.1 * len(subsets)))
     rng = np.random.default_rng(0)  # jitter only; fixed so the figure is reproducible
     stats = table.set_index(["subset", "method", "region"])
+    diffs = paired_difference_table(long[long["metric"] == metric], reference)
+    by_key = {key: rows["diff"].to_numpy()
+              for key, rows in diffs.groupby(["subset", "method", "region"], sort=False)}
     for i, subset in enumerate(subsets):
         for j, region in enumerate(regions):
             ax = axes[i, j]
-            data = [paired_differences(long, m, reference, subset, region, metric)["diff"]
-                    .to_numpy() for m in methods]
+            data = [by_key.get((subset, m, region), np.empty(0)) for m in methods]
             ax.axhline(0.0, color="0.5", lw=0.8, zorder=0)
             ax.boxplot(data, positions=range(len(methods)), widths=0.55, showfliers=False,
                        medianprops={"color": "black"})

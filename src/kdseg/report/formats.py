@@ -12,6 +12,9 @@ import html
 
 import pandas as pd
 
+WIDE_COLUMNS = 10
+"""LaTeX tables with more columns are scaled to ``\\textwidth`` (needs ``graphicx``)."""
+
 BOLD = "\x02"
 """Prefix of a cell to be set in bold (a control character no real value contains)."""
 
@@ -40,7 +43,8 @@ def to_markdown(table: pd.DataFrame) -> str:
 
 
 def to_latex(table: pd.DataFrame, caption: str, label: str) -> str:
-    """A booktabs ``table`` environment (``\\usepackage{booktabs}``) of the string cells."""
+    """A booktabs ``table`` environment (``\\usepackage{booktabs}``; ``graphicx`` for tables
+    wider than :data:`WIDE_COLUMNS` columns) of the string cells."""
     from pandas.io.formats.style import Styler
 
     def escape(value: object) -> str:
@@ -51,16 +55,21 @@ def to_latex(table: pd.DataFrame, caption: str, label: str) -> str:
     cells = table.map(escape)
     cells.columns = [_escape_latex(str(c)) for c in table.columns]
     styler = Styler(cells, escape=None).hide(axis="index")
-    return styler.to_latex(hrules=True, caption=_escape_latex(caption), label=label,
-                           position="htbp", position_float="centering",
-                           column_format="l" * len(table.columns))
+    latex = styler.to_latex(hrules=True, caption=_escape_latex(caption), label=label,
+                            position="htbp", position_float="centering",
+                            column_format="l" * len(table.columns))
+    if len(table.columns) > WIDE_COLUMNS:  # e.g. the subset table: fit it to the text width
+        latex = latex.replace("\\begin{tabular}", "\\resizebox{\\textwidth}{!}{%\n\\begin{tabular}")
+        latex = latex.replace("\\end{tabular}", "\\end{tabular}}")
+    return latex
 
 
 def _escape_latex(text: str) -> str:
     replacements = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
                     "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
                     "^": r"\textasciicircum{}", "±": r"$\pm$", "Δ": r"$\Delta$",
-                    "●": r"$\bullet$", "○": r"$\circ$", "–": "--", "−": "-"}
+                    "●": r"$\bullet$", "○": r"$\circ$", "–": "--", "—": "---", "−": "-",
+                    "·": r"$\cdot$", "τ": r"$\tau$"}
     return "".join(replacements.get(ch, ch) for ch in text)
 
 
