@@ -14,6 +14,9 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pandas as pd
+
+from kdseg.evaluation.metrics import HIGHER_IS_BETTER
 from kdseg.tracking import RunTracker, mark_stale_runs
 
 if TYPE_CHECKING:
@@ -24,6 +27,23 @@ def summary_run_key(dataset: str, run_keys: list[str]) -> str:
     """``<dataset>/summary/<sha1 of the sorted run keys>``: one summary run per design."""
     digest = hashlib.sha1("\n".join(sorted(run_keys)).encode()).hexdigest()[:10]
     return f"{dataset}/summary/{digest}"
+
+
+def significance_counts(paired: pd.DataFrame) -> dict[str, float]:
+    """Per metric: comparisons vs the baseline, significantly better, significantly worse.
+
+    "Better" follows the metric's direction: a positive difference is better for Dice, NSD,
+    sensitivity and specificity, worse for HD95.
+    """
+    out: dict[str, float] = {}
+    for metric, rows in paired.groupby("metric", sort=False):
+        sign = 1.0 if HIGHER_IS_BETTER.get(str(metric), True) else -1.0
+        improved = sign * rows["median_diff"]
+        significant = rows["significant"].astype(bool)
+        out[f"summary/{metric}/comparisons"] = float(len(rows))
+        out[f"summary/{metric}/significant_better"] = float((significant & (improved > 0)).sum())
+        out[f"summary/{metric}/significant_worse"] = float((significant & (improved < 0)).sum())
+    return out
 
 
 def log_summary_run(inputs: ReportInputs, report_dir: Path, tracking: dict[str, str]) -> bool:
@@ -42,16 +62,7 @@ def log_summary_run(inputs: ReportInputs, report_dir: Path, tracking: dict[str, 
               "kdseg.git_sha": str(infos[0].get("git_sha", "unknown"))},
         params={"n_runs": len(run_keys), **{f"statistics.{k}": v for k, v in stats.items()}},
     )
-    paired = inputs.table("paired_vs_baseline")
-    if not paired.empty:
-        for metric, rows in paired.groupby("metric"):
-            tracker.log_metrics({
-                f"summary/{metric}/comparisons": float(len(rows)),
-                f"summary/{metric}/significant_better": float(
-                    (rows["significant"] & (rows["median_diff"] > 0)).sum()),
-                f"summary/{metric}/significant_worse": float(
-                    (rows["significant"] & (rows["median_diff"] < 0)).sum()),
-            }, step=0)
+    tracker.log_metrics(significance_counts(inputs.table("paired_vs_baseline")), step=0)
     for path in sorted(inputs.summary_dir.iterdir()):
         if path.is_file() and not path.name.startswith("."):
             tracker.log_artifact(path, "tables")

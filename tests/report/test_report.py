@@ -1,4 +1,4 @@
-"""Choice of the overlay figure's student and cases (pure table logic, no images)."""
+"""Report helpers: choice of the overlay cases and student, the MLflow summary counts."""
 
 from __future__ import annotations
 
@@ -32,3 +32,19 @@ def test_best_student_by_mean_median_difference() -> None:
                            "metric": "dice", "median_diff": [0.1, 0.3, 0.25, 0.05]})
     assert best_student(paired, _long({"a": 0.0})) == ("t1", "kd")  # 0.2 > 0.15
     assert best_student(paired.iloc[0:0], _long({"a": 0.0})) == ("flair", None)
+
+
+def test_significance_counts_follow_each_metrics_direction() -> None:
+    from kdseg.report.mlflow_summary import significance_counts, summary_run_key
+
+    paired = pd.DataFrame({"metric": ["dice", "dice", "dice", "hd95", "hd95"],
+                           "median_diff": [0.1, -0.2, 0.3, 5.0, -2.0],
+                           "significant": [True, True, False, True, True]})
+    counts = significance_counts(paired)
+    assert counts == {"summary/dice/comparisons": 3.0, "summary/dice/significant_better": 1.0,
+                      "summary/dice/significant_worse": 1.0, "summary/hd95/comparisons": 2.0,
+                      "summary/hd95/significant_better": 1.0,  # -2 mm is better
+                      "summary/hd95/significant_worse": 1.0}
+    assert significance_counts(paired.iloc[0:0]) == {}
+    key = summary_run_key("ds", ["b", "a"])
+    assert key == summary_run_key("ds", ["a", "b"]) and key.startswith("ds/summary/")
