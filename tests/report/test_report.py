@@ -48,3 +48,15 @@ def test_significance_counts_follow_each_metrics_direction() -> None:
     assert significance_counts(paired.iloc[0:0]) == {}
     key = summary_run_key("ds", ["b", "a"])
     assert key == summary_run_key("ds", ["a", "b"]) and key.startswith("ds/summary/")
+
+
+def test_best_student_and_cases_without_a_baseline_or_any_pair() -> None:
+    long = _long({"a": 0.1, "b": 0.2})
+    nan_paired = pd.DataFrame({"subset": ["flair"], "method": ["kd"], "region": ["WT"],
+                               "metric": ["dice"], "median_diff": [float("nan")]})
+    assert best_student(nan_paired, long) == ("flair", None)
+    assert best_student(nan_paired, long.iloc[0:0]) == (None, None)
+    no_baseline = long[long["method"] != "baseline"]
+    assert pick_cases(no_baseline, "flair", None, 1) == ["a"]  # by the only student's Dice
+    assert pick_cases(no_baseline, "flair", "kd", 5) == ["a", "b"]
+    assert pick_cases(long.iloc[0:0], "flair", None, 3) == []

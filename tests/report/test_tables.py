@@ -76,3 +76,26 @@ def test_paired_markdown_marks_significant_rows() -> None:
     # exact Wilcoxon p for 8 positive differences is 2/256; Holm over the 2 rows doubles it
     assert "+0.100 [+0.100, +0.100]" in better and "p=0.016*" in better
     assert "+0.000" in same and "*" not in same
+
+
+def test_collect_metrics_refuses_runs_evaluated_with_different_rules(tmp_path) -> None:
+    import pytest
+    import yaml
+
+    from kdseg.report.tables import collect_metrics
+
+    runs = []
+    for i, rule in enumerate(["brats", "nan"]):
+        run = tmp_path / f"run{i}"
+        run.mkdir()
+        (run / "run_config.yaml").write_text(yaml.safe_dump(
+            {"stage": "student", "subset": "t1", "method": {"name": f"m{i}"}, "fold": 0,
+             "seed": 0}))
+        pd.DataFrame({"case": ["007"], "region": ["WT"], "metric": ["dice"], "value": [0.5],
+                      "empty_state": ["none"], "empty_rule": [rule],
+                      "nsd_tolerance_mm": [1.0]}).to_csv(run / "metrics_per_case.csv",
+                                                        index=False)
+        runs.append(run)
+    assert collect_metrics(runs[:1])["case"].tolist() == ["007"]  # ids stay strings
+    with pytest.raises(ValueError, match=r"different empty_rule values \['brats', 'nan'\]"):
+        collect_metrics(runs)

@@ -49,7 +49,8 @@ class ReportInputs:
             if not path.is_file():
                 raise FileNotFoundError(f"{path}: missing; run `kdseg summarize` first")
             try:
-                self.tables[name] = pd.read_csv(path)
+                # case ids stay strings ("00123" must not become 123)
+                self.tables[name] = pd.read_csv(path, dtype={"case": str})
             except pd.errors.EmptyDataError:
                 self.tables[name] = pd.DataFrame()
         return self.tables[name]
@@ -129,7 +130,7 @@ def _findings(inputs: ReportInputs) -> list[str]:
             out.append(f"With n = {n_cases} cases the smallest Wilcoxon p-value possible is "
                        f"{2 / 2 ** n_cases:.3g} before correction, so little can reach "
                        "significance at this size; read the confidence intervals.")
-        best = dice.groupby(["subset", "method"], sort=False)["median_diff"].mean()
+        best = dice.groupby(["subset", "method"], sort=False)["median_diff"].mean().dropna()
         if len(best):
             (subset, method), value = best.idxmax(), best.max()
             out.append(f"Largest median gain over the baseline (mean over regions): "

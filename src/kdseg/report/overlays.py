@@ -53,13 +53,18 @@ def run_infos(run_dirs: Sequence[Path]) -> list[RunInfo]:
     return out
 
 
-def best_student(paired: pd.DataFrame, long: pd.DataFrame) -> tuple[str, str | None]:
-    """``(subset, best KD method or None)`` by mean-over-regions median Δ Dice vs baseline."""
+def best_student(paired: pd.DataFrame, long: pd.DataFrame) -> tuple[str | None, str | None]:
+    """``(subset, best KD method)`` by mean-over-regions median Δ Dice vs baseline.
+
+    Without any defined difference (no baseline, one method, no pairs) the method is None and
+    the subset is the first student subset; both are None without students.
+    """
     dice = paired[paired["metric"] == "dice"] if not paired.empty else paired
-    if dice.empty:
+    score = (dice.groupby(["subset", "method"], sort=False)["median_diff"].mean().dropna()
+             if not dice.empty else pd.Series(dtype=float))
+    if score.empty:
         students = long[long["stage"] == "student"]
-        return str(students["subset"].iloc[0]), None
-    score = dice.groupby(["subset", "method"], sort=False)["median_diff"].mean()
+        return (str(students["subset"].iloc[0]) if len(students) else None), None
     subset, method = score.idxmax()
     return str(subset), str(method)
 
@@ -69,8 +74,12 @@ def pick_cases(long: pd.DataFrame, subset: str, method: str | None, n: int) -> l
     rows = long[(long["stage"] == "student") & (long["subset"] == subset) &
                 (long["metric"] == "dice")]
     per_case = rows.groupby(["method", "case"])["value"].mean().unstack("method")
-    if method is None:
-        order = per_case["baseline"].sort_values(kind="stable").index.tolist()
+    if per_case.empty:
+        return []
+    if method is None or "baseline" not in per_case:
+        # no difference to spread over: order by the (first) student's own Dice
+        shown = "baseline" if "baseline" in per_case else per_case.columns[0]
+        order = per_case[shown].dropna().sort_values(kind="stable").index.tolist()
     else:
         diff = (per_case[method] - per_case["baseline"]).dropna()
         order = diff.sort_values(kind="stable").index.tolist()
@@ -115,13 +124,16 @@ def overlay_rows(long: pd.DataFrame, paired: pd.DataFrame, run_dirs: Sequence[Pa
     """Rows for :func:`kdseg.report.figures.overlay_figure` and the figure caption."""
     runs = run_infos(run_dirs)
     subset, method = best_student(paired, long)
+    if subset is None:
+        return [], "no student"
     cases = pick_cases(long, subset, method, n_cases)
     modality = next(m for m in modalities if m in subset.split("+"))
     teacher_subset = next((r.subset for r in runs if r.stage == "teacher"), None)
-    columns = [("teacher", "teacher", teacher_subset, TEACHER),
-               ("baseline", "student", subset, "baseline")]
-    if method is not None:
-        columns.append((method, "student", subset, method))
+    in_subset = list(dict.fromkeys(long.loc[(long["stage"] == "student") &
+                                            (long["subset"] == subset), "method"]))
+    students = [m for m in ("baseline", method) if m in in_subset] or in_subset[:1]
+    columns = [("teacher", "teacher", teacher_subset, TEACHER)]
+    columns += [(m, "student", subset, m) for m in students]
     rows = []
     for case in cases:
         reference = convention.to_classes(_canonical(reference_path(references, case)),
@@ -139,7 +151,7 @@ def overlay_rows(long: pd.DataFrame, paired: pd.DataFrame, run_dirs: Sequence[Pa
             panels.append(OverlayPanel(title, _display(image[:, :, z]),
                                        _display(classes[:, :, z])))
         rows.append((f"{case} (z={z})", panels))
-    shown = f"{subset} student: baseline" + (f" vs {method} (best KD)" if method else "")
+    shown = f"{subset} student: " + " vs ".join(students) + (" (best KD)" if method else "")
     caption = (f"{shown}; cases at the lowest, median and highest per-case Δ Dice"
                if method else f"{shown}")
     return rows, caption

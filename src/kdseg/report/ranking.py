@@ -103,9 +103,10 @@ def _summarise(subset: str, methods: list[str], case_rank: np.ndarray, n_boot: i
     boot = bootstrap_ranks(case_rank, n_boot, seed)
     if len(methods) > 1:
         taus = [stats.kendalltau(rank, b).statistic for b in boot]
-        tau = float(np.nanmedian(taus)) if not np.all(np.isnan(taus)) else 1.0
+        # tau is undefined when a ranking is one big tie (every method equal): NaN, not "stable"
+        tau = float(np.nanmedian(taus)) if not np.all(np.isnan(taus)) else float("nan")
     else:
-        tau = 1.0
+        tau = float("nan")  # one method: nothing to rank
     ranking, stability = [], []
     for i, method in enumerate(methods):
         ranking.append({

@@ -94,7 +94,8 @@ def ranking_markdown(ranking: pd.DataFrame) -> str:
         order = ", ".join(f"{r.rank}. {r.method} ({r.score:.2f}, {r.p_first:.0%})"
                           for r in rows.itertuples())
         label = f"**{subset}**" if subset == ALL_SUBSETS else subset
-        lines.append(f"| {label} | {order} | {rows['kendall_tau_median'].iloc[0]:.2f} |")
+        tau = rows["kendall_tau_median"].iloc[0]
+        lines.append(f"| {label} | {order} | {'–' if pd.isna(tau) else f'{tau:.2f}'} |")
     return "\n".join(lines) + "\n"
 
 

@@ -17,6 +17,8 @@ import yaml
 from kdseg.report.stats import MIN_PAIRS_WILCOXON
 
 ID_COLUMNS = ["stage", "subset", "method", "fold", "seed"]
+CONVENTION_COLUMNS = ("empty_rule", "nsd_tolerance_mm")
+"""Per-row evaluation settings that must be equal across all summarised runs."""
 
 
 def collect_metrics(run_dirs: Sequence[Path]) -> pd.DataFrame:
@@ -28,7 +30,7 @@ def collect_metrics(run_dirs: Sequence[Path]) -> pd.DataFrame:
         metrics_file = run_dir / "metrics_per_case.csv"
         if not metrics_file.exists():
             raise FileNotFoundError(f"{metrics_file}: missing; was the run evaluated?")
-        df = pd.read_csv(metrics_file)
+        df = pd.read_csv(metrics_file, dtype={"case": str})  # "00123" must stay a string
         df.insert(0, "stage", cfg["stage"])
         df.insert(1, "subset", cfg["subset"])
         df.insert(2, "method", cfg["method"]["name"])
@@ -38,7 +40,16 @@ def collect_metrics(run_dirs: Sequence[Path]) -> pd.DataFrame:
         frames.append(df)
     if not frames:
         raise ValueError("no runs to summarise")
-    return pd.concat(frames, ignore_index=True)
+    long = pd.concat(frames, ignore_index=True)
+    # Every row records the evaluation convention; runs evaluated under different ones are
+    # not comparable (e.g. an old evaluation kept after evaluation.empty_rule changed).
+    for column in CONVENTION_COLUMNS:
+        if column in long and long[column].nunique(dropna=False) > 1:
+            found = sorted(map(str, long[column].unique()))
+            runs = sorted({str(run_dirs[i]) for i in long.groupby(column)["row_order"].min()})
+            raise ValueError(f"the runs were evaluated with different {column} values {found} "
+                             f"(e.g. {', '.join(runs)}); re-evaluate them with one setting")
+    return long
 
 
 def summarise(long: pd.DataFrame) -> pd.DataFrame:
@@ -79,6 +90,11 @@ def metric_means(per_case: pd.DataFrame, prefix: str = "test") -> dict[str, floa
     return out
 
 
+def _num(value: float, digits: int) -> str:
+    """``value`` with ``digits`` decimals; "–" for NaN (e.g. the sd of a single case)."""
+    return "–" if pd.isna(value) else f"{value:.{digits}f}"
+
+
 def _model_label(stage: str, subset: str, method: str) -> str:
     return f"teacher ({subset})" if stage == "teacher" else f"{subset} · {method}"
 
@@ -101,10 +117,10 @@ def comparison_markdown(summary: pd.DataFrame, digits: dict[str, int] | None = N
         models = table.groupby(["stage", "subset", "method"], sort=False)
         for (stage, subset, method), rows in models:
             by_region = rows.set_index("region")
-            cells = [f"{by_region.at[r, 'mean']:.{d}f} ± {by_region.at[r, 'sd']:.{d}f} "
-                     f"({by_region.at[r, 'median']:.{d}f})" for r in regions]
+            cells = [f"{_num(by_region.at[r, 'mean'], d)} ± {_num(by_region.at[r, 'sd'], d)} "
+                     f"({_num(by_region.at[r, 'median'], d)})" for r in regions]
             lines.append(f"| {_model_label(stage, subset, method)} | {' | '.join(cells)} | "
-                         f"{by_region['mean'].mean():.{d}f} |")
+                         f"{_num(by_region['mean'].mean(), d)} |")
         out.append("\n".join(lines))
     return "\n\n".join(out) + "\n"
 
