@@ -185,7 +185,7 @@ def _cost_table(costs: pd.DataFrame) -> pd.DataFrame:
     base = grouped["s_per_step"].get(("student", "baseline"), np.nan)
     rows = []
     for (stage, method), r in grouped.iterrows():
-        rows.append({"model": "teacher" if stage == "teacher" else method, "jobs": str(r.jobs),
+        rows.append({"model": "teacher" if stage == "teacher" else method, "jobs": str(int(r.jobs)),
                      "train s / job": _fmt(r.train_s, 0), "s / step": _fmt(r.s_per_step),
                      "× baseline": _fmt(r.s_per_step / base, 2),
                      "job wall s (Snakemake)": _fmt(r.job_wall_s, 0),
