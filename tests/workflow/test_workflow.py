@@ -20,7 +20,7 @@ pytestmark = pytest.mark.workflow
 
 
 def snakemake(*args: str, configs: tuple[Path, ...] = (), cwd: Path = REPO,
-              check: bool = True) -> subprocess.CompletedProcess:
+              check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
     """Run the venv's snakemake on the repo's Snakefile with the venv first on PATH.
 
     ``configs`` are layered over config/config.yaml (one ``--configfile`` flag: Snakemake keeps
@@ -30,7 +30,8 @@ def snakemake(*args: str, configs: tuple[Path, ...] = (), cwd: Path = REPO,
     env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}"}
     cmd = [str(bindir / "snakemake"), "-s", str(REPO / "Snakefile"), "--configfile",
            str(REPO / "config/config.yaml"), *map(str, configs), *args]
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -252,7 +253,8 @@ def test_all_subsets_two_seeds_two_folds_end_to_end(tmp_path: Path,
 
     config = {**CV_CONFIG, "dataset": {**CV_CONFIG["dataset"], "modalities": modalities}}
     cfg = write_config(tmp_path / "cv.yaml", config)
-    snakemake("--cores", "2", configs=(cfg,), cwd=tmp_path)
+    # 2 modalities: ~2 min; the slow 15-subset variant: ~15-20 min on 2 cores
+    snakemake("--cores", "2", configs=(cfg,), cwd=tmp_path, timeout=3600)
     data = tmp_path / "results/tinycv"
     subsets = all_subsets(modalities)
     splits = json.loads((data / "splits.json").read_text())
