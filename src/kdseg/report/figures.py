@@ -31,7 +31,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
 from kdseg.fileio import atomic_path
-from kdseg.report.paper import subset_order
+from kdseg.report.paper import student_means
 from kdseg.report.stats import paired_difference_table
 
 # BraTS colours used by most papers: NCR red, edema green, enhancing tumour yellow.
@@ -105,13 +105,9 @@ def paired_differences_figure(long: pd.DataFrame, paired: pd.DataFrame, metric: 
 
 def heatmap_figure(summary: pd.DataFrame, metric: str) -> Figure:
     """Mean ``metric`` per subset x method, one panel per region (values written in cells)."""
-    rows = summary[(summary["stage"] == "student") & (summary["metric"] == metric)]
-    if rows.empty:
+    subsets, methods, regions, means = student_means(summary, metric)
+    if not subsets:
         return _empty(f"No student results for {metric}.")
-    subsets = subset_order(rows["subset"])
-    methods = list(dict.fromkeys(rows["method"]))
-    regions = list(dict.fromkeys(rows["region"]))
-    means = rows.set_index(["subset", "method", "region"])["mean"]
     fig, axes = plt.subplots(1, len(regions), squeeze=False,
                              figsize=(0.9 + 0.75 * len(methods) * len(regions),
                                       1.2 + 0.32 * len(subsets)))

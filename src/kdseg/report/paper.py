@@ -79,6 +79,19 @@ def subset_order(subsets: Sequence[str]) -> list[str]:
     return sorted(seen, key=lambda s: (len(s.split("+")), seen.index(s)))
 
 
+def student_means(summary: pd.DataFrame,
+                  metric: str) -> tuple[list[str], list[str], list[str], pd.Series]:
+    """``(subsets, methods, regions, means)`` of the students' rows of ``metric``.
+
+    Subsets in :func:`subset_order`, methods and regions in first-seen order; ``means`` is the
+    mean over cases indexed by (subset, method, region). Empty lists when there are no rows.
+    """
+    rows = summary[(summary["stage"] == "student") & (summary["metric"] == metric)]
+    return (subset_order(rows["subset"]), list(dict.fromkeys(rows["method"])),
+            list(dict.fromkeys(rows["region"])),
+            rows.set_index(["subset", "method", "region"])["mean"])
+
+
 def subset_table(summary: pd.DataFrame, metric: str,
                  modalities: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The literature-shaped table of mean ``metric`` per subset x region x method.
@@ -94,20 +107,16 @@ def subset_table(summary: pd.DataFrame, metric: str,
         per modality, then ``<region> · <method>`` means. ``display``: the same as strings with
         ●/○ and the best method of each region block in bold (highest; lowest for HD95).
     """
-    students = summary[(summary["stage"] == "student") & (summary["metric"] == metric)]
-    if students.empty:
+    subsets, methods, regions, means = student_means(summary, metric)
+    if not subsets:
         raise ValueError(f"no student rows for metric {metric!r}")
-    subsets = subset_order(students["subset"])
-    regions = list(dict.fromkeys(students["region"]))
-    methods = list(dict.fromkeys(students["method"]))
-    means = students.set_index(["subset", "region", "method"])["mean"]
     blocks = [(r, m) for r in regions for m in methods]
     value_columns = [f"{r} · {m}" for r, m in blocks]
     numeric_rows = []
     for subset in subsets:
         present = set(subset.split("+"))
         row = {"row": subset, **{mod: int(mod in present) for mod in modalities}}
-        row.update({col: means.get((subset, r, m), np.nan)
+        row.update({col: means.get((subset, m, r), np.nan)
                     for col, (r, m) in zip(value_columns, blocks, strict=True)})
         numeric_rows.append(row)
     numeric = pd.DataFrame(numeric_rows)
