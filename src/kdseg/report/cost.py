@@ -15,6 +15,7 @@ import pandas as pd
 import yaml
 
 from kdseg.config import method_teacher, train_benchmark_file
+from kdseg.report.formats import number
 
 TEACHER_NOTE = {"none": "none", "frozen": "frozen teacher run (shared)",
                 "joint": "teacher path trained in the job"}
@@ -84,9 +85,5 @@ def cost_markdown(costs: pd.DataFrame) -> str:
         note = TEACHER_NOTE.get(row.teacher, "—")
         lines.append(f"| {label} | {note} | {row.jobs} | {row.steps} | {row.train_s:.0f} | "
                      f"{row.s_per_step:.3f} | {ratio} | {row.peak_rss_mb:.0f} | "
-                     f"{_seconds(row.job_wall_s)} |")
+                     f"{number(row.job_wall_s, 0)} |")
     return "\n".join(lines) + "\n"
-
-
-def _seconds(value: float) -> str:
-    return "–" if pd.isna(value) else f"{value:.0f}"

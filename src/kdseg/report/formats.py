@@ -9,6 +9,7 @@ LaTeX in a paper and the HTML in the report can never disagree. LaTeX goes throu
 from __future__ import annotations
 
 import html
+import math
 
 import pandas as pd
 
@@ -17,6 +18,14 @@ WIDE_COLUMNS = 10
 
 BOLD = "\x02"
 """Prefix of a cell to be set in bold (a control character no real value contains)."""
+
+
+def number(value: float | None, digits: int = 3, sign: bool = False) -> str:
+    """``value`` with ``digits`` decimals (``+`` for positives with ``sign``); "–" when it is
+    missing or not finite (the sd of a single case, a p-value below the minimum pairs)."""
+    if value is None or not math.isfinite(value):
+        return "–"
+    return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
 
 
 def bold(text: str) -> str:

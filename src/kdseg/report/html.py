@@ -24,6 +24,7 @@ from kdseg.data.labels import get_convention
 from kdseg.fileio import write_text_atomic
 from kdseg.report import figures, formats
 from kdseg.report.files import FIGURES
+from kdseg.report.formats import number
 from kdseg.report.overlays import overlay_rows
 from kdseg.report.paper import subset_table
 from kdseg.report.ranking import ALL_SUBSETS
@@ -41,6 +42,13 @@ class ReportInputs:
     config: dict[str, Any]
     overlay_cases: int = 3
     tables: dict[str, pd.DataFrame] = field(default_factory=dict, compare=False)
+    infos: list[dict[str, Any]] = field(default_factory=list, compare=False)
+
+    def run_infos(self) -> list[dict[str, Any]]:
+        """Every run's ``run.json``, read once (the page and the MLflow summary run use them)."""
+        if not self.infos:
+            self.infos.extend(json.loads((Path(r) / "run.json").read_text()) for r in self.runs)
+        return self.infos
 
     def table(self, name: str) -> pd.DataFrame:
         """``summary_dir/<name>.csv``, read once."""
@@ -79,10 +87,6 @@ def make_figures(inputs: ReportInputs, out_dir: Path) -> dict[str, Path]:
 def _img(path: Path, alt: str) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
     return f'<img src="data:image/png;base64,{data}" alt="{alt}">'
-
-
-def _fmt(value: float, digits: int = 3) -> str:
-    return "–" if pd.isna(value) else f"{value:.{digits}f}"
 
 
 def _paired_cells(paired: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -146,7 +150,7 @@ def _findings(inputs: ReportInputs) -> list[str]:
 def _design(inputs: ReportInputs) -> dict[str, Any]:
     cfg = inputs.config
     fingerprint = json.loads((inputs.preprocessed / "dataset.json").read_text())
-    infos = [json.loads((Path(r) / "run.json").read_text()) for r in inputs.runs]
+    infos = inputs.run_infos()
     first = infos[0]
     train = cfg.get("train", {})
     rows = [
@@ -186,12 +190,12 @@ def _cost_table(costs: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (stage, method), r in grouped.iterrows():
         rows.append({"model": "teacher" if stage == "teacher" else method, "jobs": str(int(r.jobs)),
-                     "train s / job": _fmt(r.train_s, 0), "s / step": _fmt(r.s_per_step),
-                     "× baseline": _fmt(r.s_per_step / base, 2),
-                     "job wall s (Snakemake)": _fmt(r.job_wall_s, 0),
-                     "total job h": _fmt(r.total_h / 3600, 2),
+                     "train s / job": number(r.train_s, 0), "s / step": number(r.s_per_step),
+                     "× baseline": number(r.s_per_step / base, 2),
+                     "job wall s (Snakemake)": number(r.job_wall_s, 0),
+                     "total job h": number(r.total_h / 3600, 2),
                      "peak RSS MB (run.json / Snakemake)":
-                         f"{_fmt(r.peak_rss_mb, 0)} / {_fmt(r.job_max_rss_mb, 0)}"})
+                         f"{number(r.peak_rss_mb, 0)} / {number(r.job_max_rss_mb, 0)}"})
     return pd.DataFrame(rows)
 
 
@@ -211,11 +215,11 @@ def write_report(inputs: ReportInputs, out_dir: Path) -> Path:
     if not ranking.empty:
         ranking_cells = pd.DataFrame({
             "subset": ranking["subset"], "rank": ranking["rank"].astype(str),
-            "method": ranking["method"], "mean rank": ranking["score"].map(_fmt),
+            "method": ranking["method"], "mean rank": ranking["score"].map(number),
             "P(rank 1)": ranking["p_first"].map(lambda v: f"{v:.0%}"),
             "95 % bootstrap rank": [f"{lo:.0f}–{hi:.0f}" for lo, hi in
                                     zip(ranking["rank_low"], ranking["rank_high"], strict=True)],
-            "Kendall τ (median)": ranking["kendall_tau_median"].map(lambda v: _fmt(v, 2))})
+            "Kendall τ (median)": ranking["kendall_tau_median"].map(lambda v: number(v, 2))})
     vs_teacher = _paired_cells(inputs.table("paired_vs_teacher"), "dice")
     stats_cfg = inputs.config.get("statistics", {})
     env = Environment(loader=PackageLoader("kdseg.report", "templates"),

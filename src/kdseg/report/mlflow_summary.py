@@ -10,7 +10,6 @@ this benchmark (an older config's) is tagged ``kdseg.current=false``.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -51,7 +50,7 @@ def log_summary_run(inputs: ReportInputs, report_dir: Path, tracking: dict[str, 
 
     Never raises for tracking failures (the tracker warns and disables itself).
     """
-    infos = [json.loads((Path(r) / "run.json").read_text()) for r in inputs.runs]
+    infos = inputs.run_infos()
     dataset = inputs.config["dataset"]["name"]
     run_keys = [info["run_key"] for info in infos]
     key = summary_run_key(dataset, run_keys)

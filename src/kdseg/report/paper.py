@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from kdseg.report.formats import bold
+from kdseg.report.formats import bold, number
 from kdseg.report.ranking import LOWER_IS_BETTER
 
 DIGITS = {"hd95": 1}
@@ -28,12 +28,6 @@ DIGITS = {"hd95": 1}
 
 def _digits(metric: str) -> int:
     return DIGITS.get(metric, 3)
-
-
-def _fmt(value: float, digits: int, sign: bool = False) -> str:
-    if value is None or not np.isfinite(value):
-        return "–"
-    return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
 
 
 def results_table(summary: pd.DataFrame, paired: pd.DataFrame | None, metric: str) -> pd.DataFrame:
@@ -59,15 +53,15 @@ def results_table(summary: pd.DataFrame, paired: pd.DataFrame | None, metric: st
         key = (row.subset, row.method, row.region)
         if row.stage == "student" and not stats.empty and key in stats.index:
             s = stats.loc[key]
-            delta = (f"{_fmt(s['median_diff'], d, True)} [{_fmt(s['ci_low'], d, True)}, "
-                     f"{_fmt(s['ci_high'], d, True)}]")
+            delta = (f"{number(s['median_diff'], d, True)} [{number(s['ci_low'], d, True)}, "
+                     f"{number(s['ci_high'], d, True)}]")
             p = "–" if not np.isfinite(s["p_holm"]) else f"{s['p_holm']:.2g}"
             if s["significant"]:
                 delta, sig = bold(delta), "*"
         out.append({
             "subset": row.subset, "method": row.method, "region": row.region,
-            "mean ± sd": f"{_fmt(row.mean, d)} ± {_fmt(row.sd, d)}",
-            "median [IQR]": f"{_fmt(row.median, d)} [{_fmt(row.q1, d)}, {_fmt(row.q3, d)}]",
+            "mean ± sd": f"{number(row.mean, d)} ± {number(row.sd, d)}",
+            "median [IQR]": f"{number(row.median, d)} [{number(row.q1, d)}, {number(row.q3, d)}]",
             "n": str(row.n), "Δ vs baseline [95 % CI]": delta, "p (Holm)": p, "sig.": sig,
         })
     return pd.DataFrame(out)
@@ -140,7 +134,7 @@ def subset_table(summary: pd.DataFrame, metric: str,
             warnings.simplefilter("ignore", RuntimeWarning)
             best = np.nanmin(block, axis=1) if lower else np.nanmax(block, axis=1)
         for j, col in enumerate(cols):
-            display[col] = [bold(_fmt(v, _digits(metric))) if np.isfinite(v) and v == b and
-                            len(methods) > 1 else _fmt(v, _digits(metric))
+            display[col] = [bold(number(v, _digits(metric))) if np.isfinite(v) and v == b and
+                            len(methods) > 1 else number(v, _digits(metric))
                             for v, b in zip(block[:, j], best, strict=True)]
     return numeric, display

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from kdseg.report.formats import number
 from kdseg.report.stats import MIN_PAIRS_WILCOXON
 
 ID_COLUMNS = ["stage", "subset", "method", "fold", "seed"]
@@ -90,11 +91,6 @@ def metric_means(per_case: pd.DataFrame, prefix: str = "test") -> dict[str, floa
     return out
 
 
-def _num(value: float, digits: int) -> str:
-    """``value`` with ``digits`` decimals; "–" for NaN (e.g. the sd of a single case)."""
-    return "–" if pd.isna(value) else f"{value:.{digits}f}"
-
-
 def _model_label(stage: str, subset: str, method: str) -> str:
     return f"teacher ({subset})" if stage == "teacher" else f"{subset} · {method}"
 
@@ -117,10 +113,10 @@ def comparison_markdown(summary: pd.DataFrame, digits: dict[str, int] | None = N
         models = table.groupby(["stage", "subset", "method"], sort=False)
         for (stage, subset, method), rows in models:
             by_region = rows.set_index("region")
-            cells = [f"{_num(by_region.at[r, 'mean'], d)} ± {_num(by_region.at[r, 'sd'], d)} "
-                     f"({_num(by_region.at[r, 'median'], d)})" for r in regions]
+            cells = [f"{number(by_region.at[r, 'mean'], d)} ± {number(by_region.at[r, 'sd'], d)} "
+                     f"({number(by_region.at[r, 'median'], d)})" for r in regions]
             lines.append(f"| {_model_label(stage, subset, method)} | {' | '.join(cells)} | "
-                         f"{_num(by_region['mean'].mean(), d)} |")
+                         f"{number(by_region['mean'].mean(), d)} |")
         out.append("\n".join(lines))
     return "\n\n".join(out) + "\n"
 
