@@ -5,12 +5,16 @@ BraTS 2017–2021 store 0 background, 1 necrotic / non-enhancing core (NCR/NET),
 a mutually exclusive softmax over contiguous classes ``0..K-1`` (here ``0 bg, 1 NCR, 2 ED, 3 ET``)
 and evaluated on the nested regions WT = {NCR, ED, ET}, TC = {NCR, ET}, ET = {ET}.
 
-This is the single module that knows these numbers; everything else asks it.
+The Medical Segmentation Decathlon's Task01 stores 1 edema, 2 non-enhancing tumour, 3 enhancing
+tumour (``msd_brats``). Other datasets give their own map in the config (``dataset.labels`` as a
+mapping). This is the single module that knows these numbers; everything else asks it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -37,6 +41,12 @@ class LabelConvention:
         return len(self.label_values)
 
     @property
+    def label_dtype(self) -> type[np.unsignedinteger]:
+        """Smallest unsigned dtype holding every stored value (uint8, or uint16 for maps such as
+        MM-WHS's 205..850)."""
+        return np.uint8 if max(self.label_values) <= 255 else np.uint16
+
+    @property
     def region_names(self) -> tuple[str, ...]:
         return tuple(self.regions)
 
@@ -60,13 +70,65 @@ class LabelConvention:
         return lut[labels.astype(np.int64)]
 
     def to_labels(self, classes: np.ndarray) -> np.ndarray:
-        """Map class ids ``0..K-1`` back to stored label values (uint8)."""
-        lut = np.asarray(self.label_values, dtype=np.uint8)
+        """Map class ids ``0..K-1`` back to stored label values (:attr:`label_dtype`)."""
+        lut = np.asarray(self.label_values, dtype=self.label_dtype)
         return lut[classes.astype(np.int64)]
 
     def region_masks(self, labels: np.ndarray) -> dict[str, np.ndarray]:
         """Boolean mask per evaluation region from stored label values, shape as ``labels``."""
         return {name: np.isin(labels, values) for name, values in self.regions.items()}
+
+
+def convention_from_mapping(
+    spec: Mapping[str, Any], where: str = "dataset.labels"
+) -> LabelConvention:
+    """A convention given in the config as a mapping (any dataset with its own label map)::
+
+        name: cardiac                                 # recorded in every metrics row
+        classes: {background: 0, LV: 500, MYO: 205, RV: 600}   # class name -> stored value
+        regions: {LV: [500], MYO: [205], RV: [600]}   # evaluation region -> stored values
+
+    Training classes ``0..K-1`` follow the stored values in ascending order (so the order of the
+    mapping, which YAML/JSON tools may not keep, never matters); value 0 is the background and
+    must be present. ``regions`` keeps its order (the order of the tables) and defaults to one
+    region per foreground class. Errors name ``where`` and the offending key.
+    """
+    known = {"name", "classes", "regions"}
+    unknown = sorted(set(spec) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+    name = spec.get("name")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{where}.name: a non-empty name is required")
+    classes = spec.get("classes")
+    if not isinstance(classes, Mapping) or len(classes) < 2:
+        raise ValueError(f"{where}.classes: map at least two class names to stored label values")
+    values = list(classes.values())
+    if any(not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= 65535 for v in values):
+        raise ValueError(f"{where}.classes: stored label values must be integers 0..65535, "
+                         f"got {values}")
+    if 0 not in values:
+        raise ValueError(f"{where}.classes: one class (the background) must be stored as 0, "
+                         f"got {values}")
+    if len(set(values)) != len(values):
+        raise ValueError(f"{where}.classes: repeated stored values in {values}")
+    ordered = sorted(classes.items(), key=lambda item: item[1])
+    names = [str(k) for k, _ in ordered]
+    values = [v for _, v in ordered]
+    regions_spec = spec.get("regions") or {n: [v] for n, v in zip(names[1:], values[1:],
+                                                                  strict=True)}
+    if not isinstance(regions_spec, Mapping):
+        raise ValueError(f"{where}.regions: must map region names to lists of stored values")
+    regions: dict[str, tuple[int, ...]] = {}
+    for region, members in regions_spec.items():
+        members = [members] if isinstance(members, int) else list(members)
+        stray = sorted(set(members) - set(values[1:]))
+        if not members or stray:
+            raise ValueError(f"{where}.regions.{region}: values {stray or members} are not "
+                             f"foreground values of {where}.classes ({values[1:]})")
+        regions[str(region)] = tuple(int(v) for v in members)
+    return LabelConvention(name=name, label_values=tuple(values), class_names=tuple(names),
+                           regions=regions)
 
 
 BRATS_LEGACY = LabelConvention(
@@ -83,14 +145,29 @@ BRATS_2023 = LabelConvention(
     regions={"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)},
 )
 
-CONVENTIONS: dict[str, LabelConvention] = {c.name: c for c in (BRATS_LEGACY, BRATS_2023)}
+# Medical Segmentation Decathlon Task01_BrainTumour (BraTS 2016/17 cases relabelled):
+# 1 edema, 2 non-enhancing tumour, 3 enhancing tumour; regions as in BraTS.
+MSD_BRATS = LabelConvention(
+    name="msd_brats",
+    label_values=(0, 1, 2, 3),
+    class_names=("background", "ED", "NET", "ET"),
+    regions={"WT": (1, 2, 3), "TC": (2, 3), "ET": (3,)},
+)
+
+CONVENTIONS: dict[str, LabelConvention] = {
+    c.name: c for c in (BRATS_LEGACY, BRATS_2023, MSD_BRATS)
+}
 
 
-def get_convention(name: str) -> LabelConvention:
-    """Look up a label convention by its config name; unknown names list the known ones."""
+def get_convention(spec: str | Mapping[str, Any]) -> LabelConvention:
+    """The convention named ``spec`` (``brats``, ``brats2023``, ``msd_brats``) or given as a
+    mapping (:func:`convention_from_mapping`); unknown names list the known ones."""
+    if isinstance(spec, Mapping):
+        return convention_from_mapping(spec)
     try:
-        return CONVENTIONS[name]
-    except KeyError:
+        return CONVENTIONS[spec]
+    except (KeyError, TypeError):
         raise ValueError(
-            f"unknown label convention {name!r}; known: {sorted(CONVENTIONS)}"
+            f"unknown label convention {spec!r}; known: {sorted(CONVENTIONS)} "
+            f"(or a mapping with name, classes, regions)"
         ) from None
