@@ -26,7 +26,7 @@ def test_missing_modality_is_one_clear_error(tmp_path: Path, tiny_data: dict, ca
     assert code == 2
     assert "kdseg preprocess: error:" in err and str(victim) in err
     assert "Traceback" not in err
-    assert not out.exists()  # nothing written when validation fails
+    assert not (out / "manifest.csv").exists()  # nothing downstream runs when validation fails
 
 
 def test_bad_label_value_names_file(tmp_path: Path, tiny_data: dict, capsys) -> None:
@@ -107,7 +107,7 @@ def test_summarize_and_report_name_what_is_missing(tmp_path: Path, capsys) -> No
     assert code == 2
     assert f"{run / 'metrics_per_case.csv'}: missing" in capsys.readouterr().err
     code = main(["report", "--summary-dir", str(tmp_path / "nothing"), "--runs", str(run),
-                 "--references", str(tmp_path), "--preprocessed", str(tmp_path),
+                 "--preprocessed", str(tmp_path),
                  "--config-json", '{"dataset": {"labels": "brats", "modalities": ["t1"]}}',
                  "--out-dir", str(tmp_path / "report")])
     assert code == 2

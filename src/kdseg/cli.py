@@ -23,30 +23,56 @@ def _tracking(path: str | None) -> dict[str, str] | None:
 
 
 def cmd_synthesize(a: argparse.Namespace) -> None:
-    from kdseg.data.synthetic import SyntheticSpec, synthesize_dataset
+    from kdseg.data.layouts import write_layout
+    from kdseg.data.synthetic import SyntheticSpec
 
     spec = SyntheticSpec(n_cases=a.n_cases, shape=tuple(a.shape), seed=a.seed,
                          difficulty=a.difficulty, no_enhancing_fraction=a.no_enhancing_fraction)
-    ids = synthesize_dataset(Path(a.out), spec)
-    print(f"{len(ids)} synthetic cases in {a.out}")
+    # brats + native + isotropic is synthesize_dataset itself (same files, same synthetic.json).
+    ids = write_layout(Path(a.out), spec, a.layout, a.orientation, a.anisotropic)
+    if (a.layout, a.orientation, a.anisotropic) == ("brats", "native", False):
+        print(f"{len(ids)} synthetic cases in {a.out}")
+    else:
+        geometry = a.orientation + (", anisotropic" if a.anisotropic else "")
+        print(f"{len(ids)} synthetic cases in {a.out} ({a.layout} layout, {geometry})")
 
 
 def cmd_preprocess(a: argparse.Namespace) -> None:
+    from kdseg.data.adapters import DatasetSource
     from kdseg.data.labels import get_convention
-    from kdseg.data.preprocess import preprocess_dataset
+    from kdseg.data.preprocess import PreprocessOptions, preprocess_source
 
-    manifest = preprocess_dataset(Path(a.root), Path(a.out), a.modalities,
-                                  get_convention(a.labels), margin=a.margin)
-    print(f"preprocessed {len(manifest)} cases into {a.out}")
+    if a.config_json:  # the workflow: the config's dataset and preprocess blocks
+        blocks = json.loads(a.config_json)
+        dataset, options = blocks["dataset"], PreprocessOptions.from_config(blocks["preprocess"])
+    else:
+        if not (a.root and a.modalities):
+            raise ValueError("preprocess: give --config-json, or --root and --modalities")
+        dataset = {"source": a.source, "root": a.root, "modalities": a.modalities,
+                   "labels": a.labels, "manifest": a.manifest}
+        options = PreprocessOptions(margin=a.margin)
+    source = DatasetSource.from_config(dataset, root=a.root)
+    convention = get_convention(dataset.get("labels", "brats"))
+    manifest = preprocess_source(source, Path(a.out), convention, options)
+    print(f"preprocessed {len(manifest)} cases ({source.source} layout, {convention.name} "
+          f"labels) into {a.out}")
 
 
 def cmd_split(a: argparse.Namespace) -> None:
     import pandas as pd
 
-    from kdseg.data.splits import make_splits, write_splits
+    from kdseg.data.splits import make_splits, read_split_file, write_splits
 
-    cases = pd.read_csv(a.manifest)["case"].astype(str).tolist()
-    splits = make_splits(cases, a.folds, a.test_fraction, a.val_fraction, a.seed)
+    manifest = pd.read_csv(a.manifest, dtype={"case": str})
+    cases = manifest["case"].tolist()
+    if a.file:
+        splits = [read_split_file(Path(a.file), cases)]
+    else:
+        # Unpaired data: split each modality group alike, so every stream has training and
+        # test cases.
+        strata = (dict(zip(cases, manifest["modalities"].astype(str), strict=True))
+                  if "modalities" in manifest else None)
+        splits = make_splits(cases, a.folds, a.test_fraction, a.val_fraction, a.seed, strata)
     write_splits(splits, Path(a.out))
     for s in splits:
         print(f"fold {s['fold']}: {len(s['train'])} train, {len(s['val'])} val, "
@@ -83,6 +109,7 @@ def cmd_predict(a: argparse.Namespace) -> None:
     import torch
 
     from kdseg.config import load_run_config
+    from kdseg.data.preprocess import cases_with_modalities
     from kdseg.data.splits import load_fold
     from kdseg.inference.predict import predict_run
 
@@ -90,6 +117,8 @@ def cmd_predict(a: argparse.Namespace) -> None:
         torch.set_num_threads(a.threads)
     cfg = load_run_config(Path(a.run_dir) / "run_config.yaml")
     cases = load_fold(Path(cfg.splits_file), cfg.fold)[a.split]
+    # Unpaired data: a student predicts the cases that carry its modalities.
+    cases = cases_with_modalities(Path(cfg.preprocessed_dir), cases, cfg.input_modalities)
     paths = predict_run(Path(a.run_dir), cases, Path(a.out))
     print(f"{len(paths)} predictions in {a.out}")
 
@@ -97,6 +126,7 @@ def cmd_predict(a: argparse.Namespace) -> None:
 def cmd_evaluate(a: argparse.Namespace) -> None:
     from kdseg.config import load_run_config
     from kdseg.data.labels import get_convention
+    from kdseg.data.preprocess import cases_with_modalities, reference_labels
     from kdseg.data.splits import load_fold
     from kdseg.evaluation.evaluate import evaluate_folder
     from kdseg.report.tables import metric_means
@@ -107,7 +137,12 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     run_dir = Path(a.run_dir)
     cfg = load_run_config(run_dir / "run_config.yaml")
     cases = load_fold(Path(cfg.splits_file), cfg.fold)["test"]
-    df = evaluate_folder(Path(a.predictions), Path(a.references), get_convention(cfg.labels),
+    # Unpaired data: a student is tested on the cases that carry its modalities.
+    cases = cases_with_modalities(Path(cfg.preprocessed_dir), cases, cfg.input_modalities)
+    references: Path | dict[str, Path] = (
+        reference_labels(Path(a.references_from), cases) if a.references_from
+        else Path(a.references))
+    df = evaluate_folder(Path(a.predictions), references, get_convention(cfg.labels),
                          a.empty_rule, cases=cases, out_csv=Path(a.out),
                          nsd_tolerance_mm=a.nsd_tolerance_mm)
     means = metric_means(df, prefix="test")
@@ -147,7 +182,7 @@ def cmd_report(a: argparse.Namespace) -> None:
     tracking = _tracking(a.tracking)  # read first: a bad --tracking path fails before any work
     inputs = ReportInputs(
         summary_dir=Path(a.summary_dir), runs=[Path(r) for r in a.runs],
-        references=Path(a.references), preprocessed=Path(a.preprocessed),
+        preprocessed=Path(a.preprocessed),
         config=json.loads(a.config_json), overlay_cases=a.overlay_cases)
     index = write_report(inputs, Path(a.out_dir))
     print(f"report: {index}")
@@ -174,11 +209,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--difficulty", type=float, default=0.5)
     s.add_argument("--no-enhancing-fraction", type=float, default=0.2)
+    # Choices as in kdseg.data.layouts (LAYOUTS, ORIENTATIONS; a test keeps them equal), spelled
+    # out so that building the parser does not import nibabel/scipy.
+    s.add_argument("--layout", default="brats",
+                   choices=["brats", "brats2023", "msd", "manifest", "unpaired"],
+                   help="folder layout and label numbering of a real dataset (default brats)")
+    s.add_argument("--orientation", default="native",
+                   choices=["native", "lps", "ras", "oblique", "permuted", "mixed"],
+                   help="geometry of the written files; mixed cycles native, lps, oblique, "
+                        "permuted over the cases (default native: as generated)")
+    s.add_argument("--anisotropic", action="store_true",
+                   help="keep every second axial slice (slice spacing doubled)")
 
-    s = add("preprocess", cmd_preprocess, "validate and preprocess a BraTS-layout dataset")
-    s.add_argument("--root", required=True)
+    s = add("preprocess", cmd_preprocess, "validate and preprocess a dataset (any layout)")
     s.add_argument("--out", required=True)
-    s.add_argument("--modalities", nargs="+", required=True)
+    s.add_argument("--config-json", help="JSON {dataset: ..., preprocess: ...} config blocks "
+                                          "(what the workflow passes)")
+    s.add_argument("--root", help="dataset folder (overrides dataset.root)")
+    s.add_argument("--source", default="brats", choices=["synthetic", "brats", "msd", "manifest"])
+    s.add_argument("--manifest", help="CSV/TSV table for --source manifest")
+    s.add_argument("--modalities", nargs="+")
     s.add_argument("--labels", default="brats")
     s.add_argument("--margin", type=int, default=2)
 
@@ -189,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--test-fraction", type=float, default=0.25)
     s.add_argument("--val-fraction", type=float, default=0.15)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--file", help="predefined split: CSV/TSV with columns case, split")
 
     s = add("init-tracking", cmd_init_tracking, "create the MLflow DB and experiment once")
     s.add_argument("--uri", required=True)
@@ -215,7 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = add("evaluate", cmd_evaluate, "per-case metrics of a run's test predictions")
     s.add_argument("--run-dir", required=True)
     s.add_argument("--predictions", required=True)
-    s.add_argument("--references", required=True, help="dataset root (BraTS layout)")
+    where = s.add_mutually_exclusive_group(required=True)
+    where.add_argument("--references-from", metavar="PREPROCESSED",
+                       help="preprocessed folder: the label files its case records name")
+    where.add_argument("--references", help="reference folder (BraTS or <case>.nii.gz layout)")
     s.add_argument("--out", required=True)
     s.add_argument("--empty-rule", default="brats", choices=["brats", "nan"])
     s.add_argument("--nsd-tolerance-mm", type=float, default=1.0, metavar="FLOAT",
@@ -248,8 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
             "figures and the self-contained HTML report (+ the MLflow summary run)")
     s.add_argument("--summary-dir", required=True, help="output folder of `summarize`")
     s.add_argument("--runs", nargs="+", required=True)
-    s.add_argument("--references", required=True, help="dataset root (BraTS layout)")
-    s.add_argument("--preprocessed", required=True, help="preprocessed folder (dataset.json)")
+    s.add_argument("--preprocessed", required=True,
+                   help="preprocessed folder (dataset.json, arrays for the overlays)")
     s.add_argument("--config-json", required=True, help="the workflow config as JSON")
     s.add_argument("--overlay-cases", type=int, default=3)
     s.add_argument("--out-dir", required=True)

@@ -88,7 +88,7 @@ class RunConfig:
     dataset: str
     preprocessed_dir: str
     splits_file: str
-    labels: str
+    labels: Any  # a convention name (str) or a label-map mapping (kdseg.data.labels)
     modalities: tuple[str, ...]
     input_modalities: tuple[str, ...]
     subset: str
@@ -271,13 +271,64 @@ def method_needs_teacher(method: Mapping[str, Any]) -> bool:
     return method_teacher(method) == "frozen"
 
 
+def has_teacher(config: Mapping[str, Any]) -> bool:
+    """Whether the benchmark trains a separate all-modality teacher: not on unpaired data,
+    where no case carries every modality."""
+    return not config["dataset"].get("unpaired", False)
+
+
+def _check_dataset(config: Mapping[str, Any]) -> None:
+    from kdseg.data.labels import get_convention  # light module; kept local like the others
+
+    dataset = config["dataset"]
+    source = dataset["source"]
+    if source in ("brats", "msd") and not dataset.get("root"):
+        raise ConfigError(f"dataset.root is required when dataset.source is {source!r}")
+    if source == "manifest" and not dataset.get("manifest"):
+        raise ConfigError("dataset.manifest (a CSV/TSV file) is required when dataset.source "
+                          "is 'manifest'")
+    if dataset.get("manifest") and source != "manifest":
+        raise ConfigError(f"dataset.manifest is only read by source 'manifest' (source is "
+                          f"{source!r})")
+    if dataset.get("unpaired") and source != "manifest":
+        raise ConfigError("dataset.unpaired: only a manifest can describe unpaired cases")
+    stray = sorted(set(dataset.get("modality_files") or {}) - set(dataset["modalities"]))
+    if stray:
+        raise ConfigError(f"dataset.modality_files: {stray} are not in dataset.modalities")
+    try:
+        get_convention(dataset.get("labels", "brats"))
+    except ValueError as err:
+        raise ConfigError(f"dataset.labels: {err}") from None
+
+
+def _check_unpaired_methods(config: Mapping[str, Any]) -> None:
+    """On unpaired data only single-stream ``baseline`` and ``ummkd`` in unpaired mode work:
+    every other method (and the teacher) needs all modalities of one case at once."""
+    for name, block in resolved_methods(config).items():
+        if block["kind"] == "baseline":
+            continue
+        if block["kind"] == "ummkd" and block.get("unpaired"):
+            continue
+        hint = ("set unpaired: true in its options" if block["kind"] == "ummkd" else
+                "use baseline or ummkd (unpaired: true)")
+        raise ConfigError(
+            f"students.methods: {name!r} ({block['kind']}) needs paired inputs (every "
+            f"modality of the same case), but dataset.unpaired is true; {hint}"
+        )
+
+
 def check_config(config: Mapping[str, Any]) -> None:
     """Semantic checks the JSON schema cannot express. Raises ``ConfigError`` naming the key."""
     modalities = list(config["dataset"]["modalities"])
     if len(set(modalities)) != len(modalities):
         raise ConfigError(f"dataset.modalities: repeated names in {modalities}")
+    _check_dataset(config)
     student_subsets(config)
     resolved_methods(config)
+    if not has_teacher(config):
+        _check_unpaired_methods(config)
+    if config["splits"].get("file") and config["splits"]["folds"] != 1:
+        raise ConfigError("splits.file gives one predefined split; set splits.folds to 1")
     model = _parse(ModelConfig, config.get("model", {}), "model")
     _parse(InferenceConfig, config.get("inference", {}), "inference")
     factor = 2 ** (len(model.filters) - 1)  # the U-Net halves the patch len(filters)-1 times

@@ -277,7 +277,11 @@ def test_all_zero_case(tmp_path: Path) -> None:
     folder = write_case(tmp_path, "c1")
     for mod in MODS:
         save(folder / f"c1_{mod}.nii.gz", np.zeros(SHAPE, dtype=np.float32))
-    assert _load_error(tmp_path).startswith(f"{folder}: every voxel of every modality is zero")
+    message = _load_error(tmp_path)  # one problem per empty modality file, each named
+    assert message.startswith(f"{folder}: {len(MODS)} data problems in 1 case(s)")
+    for mod in MODS:
+        assert f"c1_{mod}.nii.gz  " in message
+    assert message.count("every voxel is zero (an empty image)") == len(MODS)
 
 
 def test_read_case_collects_every_problem_of_a_case(tmp_path: Path) -> None:

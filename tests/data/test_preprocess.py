@@ -16,17 +16,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kdseg.data import preprocess as pp
-from kdseg.data.io import DataError, LoadedCase
-from kdseg.data.labels import BRATS_LEGACY
-from kdseg.data.preprocess import (
+from kdseg.data.geometry import (
     CaseGeometry,
     brain_bbox,
     from_canonical,
+    restore_prediction,
+    to_canonical,
+)
+from kdseg.data.io import DataError, LoadedCase
+from kdseg.data.labels import BRATS_LEGACY
+from kdseg.data.preprocess import (
     load_preprocessed,
     preprocess_case,
     preprocess_dataset,
-    restore_prediction,
-    to_canonical,
     zscore_in_mask,
 )
 
@@ -207,7 +209,8 @@ def test_restore_inverts_preprocess_for_any_axis_orientation(perm, flips, zooms,
 
 def test_restore_rejects_wrong_shape_and_class_ids() -> None:
     _, classes, geometry, _ = preprocess_case(loaded(LPS_ANISO), BRATS_LEGACY)
-    with pytest.raises(DataError, match=r"c1: prediction shape .* differs from the crop box"):
+    with pytest.raises(DataError,
+                       match=r"c1: prediction shape .* differs from the preprocessed array"):
         restore_prediction(classes[:-1], geometry, BRATS_LEGACY)
     with pytest.raises(DataError, match=r"outside 0\.\.3"):
         restore_prediction(classes + 4, geometry, BRATS_LEGACY)
@@ -296,7 +299,7 @@ def test_unlabelled_dataset(tmp_path: Path) -> None:
     assert manifest.loc[0, "label"] == "" and pd.isna(manifest.loc[0, "voxels_ET"])
 
 
-def test_validation_reports_all_cases_and_writes_nothing(tmp_path: Path) -> None:
+def test_validation_reports_all_cases_and_writes_no_manifest(tmp_path: Path) -> None:
     raw, out = tmp_path / "raw", tmp_path / "out"
     write_case(raw, "c1", LPS_ANISO)
     write_case(raw, "c2", LPS_ANISO)
@@ -321,7 +324,9 @@ def test_validation_reports_all_cases_and_writes_nothing(tmp_path: Path) -> None
         "unexpected label values [3]",
     ):
         assert text in message
-    assert not out.exists()
+    # One pass: nothing downstream can start (no manifest), the problem cases have no outputs.
+    assert not (out / "manifest.csv").exists() and not (out / "dataset.json").exists()
+    assert not any(out.glob("c*_image.npy"))
 
 
 def test_resume_skips_up_to_date_cases_and_redoes_changed_ones(tmp_path: Path) -> None:
@@ -368,6 +373,7 @@ def test_failed_write_leaves_no_partial_or_temp_files(tmp_path: Path, monkeypatc
     preprocess_dataset(raw, out, MODS, BRATS_LEGACY, progress=False)
     assert sorted(p.name for p in out.iterdir()) == [
         "c1.json",
+        "c1_fg.npy",
         "c1_image.npy",
         "c1_label.npy",
         "dataset.json",

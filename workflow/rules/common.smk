@@ -15,8 +15,6 @@ try:
     kdcfg.check_config(config)
 except kdcfg.ConfigError as err:
     raise WorkflowError(f"config error: {err}") from None
-if config["dataset"]["source"] == "brats" and not config["dataset"]["root"]:
-    raise WorkflowError("config error: dataset.root is required when dataset.source is 'brats'")
 
 DATA = kdcfg.data_dir(config)
 SUBSETS = kdcfg.student_subsets(config)
@@ -43,16 +41,11 @@ wildcard_constraints:
     run=r"(teacher|student/[A-Za-z0-9_+-]+/[A-Za-z0-9_-]+)/fold\d+/seed\d+",
 
 
-def raw_root():
-    """Folder with the source dataset in BraTS layout (also the evaluation references)."""
-    if config["dataset"]["source"] == "synthetic":
-        return f"{DATA}/raw"
-    return config["dataset"]["root"]
-
-
 def as_json(data):
-    """Deterministic JSON for `params:` (Snakemake reruns a job when its params change)."""
-    return json.dumps(data, sort_keys=True)
+    """JSON for `params:` (Snakemake reruns a job when its params change). Key order is kept,
+    not sorted: it is deterministic for a given config file and carries meaning in places
+    (the order of a label map's evaluation regions is the order of the tables)."""
+    return json.dumps(data)
 
 
 def teacher_model(wildcards):
@@ -63,8 +56,11 @@ def teacher_model(wildcards):
 
 
 def all_runs():
-    """Every run folder of the benchmark: teachers first, then subset x method x fold x seed."""
-    runs = [kdcfg.teacher_dir(config, f, s) for f in FOLDS for s in SEEDS]
+    """Every run folder of the benchmark: teachers first (none on unpaired data), then
+    subset x method x fold x seed."""
+    runs = []
+    if kdcfg.has_teacher(config):
+        runs += [kdcfg.teacher_dir(config, f, s) for f in FOLDS for s in SEEDS]
     runs += [
         kdcfg.student_dir(config, subset, method, f, s)
         for subset in SUBSETS

@@ -1,4 +1,5 @@
-# Dataset: the built-in synthetic generator (when selected), preprocessing and splits.
+# Dataset: the built-in synthetic generator (when selected), preprocessing (any layout, through
+# kdseg.data.adapters) and splits.
 
 SYNTHETIC = config["dataset"]["source"] == "synthetic"
 
@@ -20,35 +21,43 @@ if SYNTHETIC:
             " --no-enhancing-fraction {params.spec[no_enhancing_fraction]} > {log} 2>&1"
 
 
+def dataset_blocks():
+    """The config blocks preprocessing reads (params: a change reruns preprocessing)."""
+    dataset = {k: v for k, v in config["dataset"].items() if k != "synthetic"}
+    if SYNTHETIC:
+        dataset["root"] = f"{DATA}/raw"
+    return as_json({"dataset": dataset, "preprocess": config["preprocess"]})
+
+
 rule preprocess:
     input:
         raw=f"{DATA}/raw" if SYNTHETIC else [],
+        manifest=config["dataset"]["manifest"] or [],
     output:
         manifest=f"{DATA}/preprocessed/manifest.csv",
         fingerprint=f"{DATA}/preprocessed/dataset.json",
     params:
-        root=lambda w, input: input.raw if SYNTHETIC else config["dataset"]["root"],
-        modalities=" ".join(config["dataset"]["modalities"]),
-        labels=config["dataset"]["labels"],
-        margin=config["preprocess"]["crop_margin"],
+        blocks=dataset_blocks(),
     log:
         f"{LOGS}/preprocess.log",
     shell:
-        "python -m kdseg preprocess --root {params.root} --out $(dirname {output.manifest})"
-        " --modalities {params.modalities} --labels {params.labels} --margin {params.margin}"
-        " > {log} 2>&1"
+        "python -m kdseg preprocess --config-json {params.blocks:q}"
+        " --out $(dirname {output.manifest}) > {log} 2>&1"
 
 
 rule make_splits:
     input:
-        f"{DATA}/preprocessed/manifest.csv",
+        manifest=f"{DATA}/preprocessed/manifest.csv",
+        file=config["splits"]["file"] or [],
     output:
         f"{DATA}/splits.json",
     params:
         s=config["splits"],
+        file=lambda w, input: f"--file {input.file}" if input.file else "",
     log:
         f"{LOGS}/splits.log",
     shell:
-        "python -m kdseg split --manifest {input} --out {output} --folds {params.s[folds]}"
-        " --test-fraction {params.s[test_fraction]} --val-fraction {params.s[val_fraction]}"
-        " --seed {params.s[seed]} > {log} 2>&1"
+        "python -m kdseg split --manifest {input.manifest} --out {output}"
+        " --folds {params.s[folds]} --test-fraction {params.s[test_fraction]}"
+        " --val-fraction {params.s[val_fraction]} --seed {params.s[seed]} {params.file}"
+        " > {log} 2>&1"

@@ -1,5 +1,6 @@
 # Inference and evaluation, shared by teacher and student runs ({run} is the run folder below
-# runs/). Predictions are restored to the original geometry and compared with the source labels.
+# runs/). Predictions are restored to the original geometry and compared with the source label
+# files that preprocessing recorded (whatever the dataset's layout).
 
 
 rule predict:
@@ -22,17 +23,17 @@ rule predict:
 rule evaluate:
     input:
         predictions=f"{DATA}/runs/{{run}}/predictions",
+        dataset=f"{DATA}/preprocessed/dataset.json",
         tracking=ancient(TRACKING_JSON),
     output:
         f"{DATA}/runs/{{run}}/metrics_per_case.csv",
     params:
-        references=raw_root(),
         empty_rule=config["evaluation"]["empty_rule"],
         nsd_tolerance_mm=config["evaluation"]["nsd_tolerance_mm"],
     log:
         f"{LOGS}/{{run}}.evaluate.log",
     shell:
         "python -m kdseg evaluate --run-dir $(dirname {input.predictions})"
-        " --predictions {input.predictions} --references {params.references}"
+        " --predictions {input.predictions} --references-from $(dirname {input.dataset})"
         " --out {output} --empty-rule {params.empty_rule}"
         " --nsd-tolerance-mm {params.nsd_tolerance_mm} --tracking {input.tracking} > {log} 2>&1"

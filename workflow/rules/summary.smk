@@ -39,13 +39,12 @@ rule report:
         pdfs=[f"{REPORT}/figures/{name}.pdf" for name in FIGURES],
     params:
         runs=" ".join(all_runs()),
-        references=raw_root(),
         config=lambda w: as_json(config),
         overlay_cases=config["report"]["overlay_cases"],
     log:
         f"{LOGS}/report.log",
     shell:
         "python -m kdseg report --summary-dir $(dirname {input.summary[0]}) --runs {params.runs}"
-        " --references {params.references} --preprocessed $(dirname {input.dataset})"
+        " --preprocessed $(dirname {input.dataset})"
         " --config-json {params.config:q} --overlay-cases {params.overlay_cases}"
         " --out-dir $(dirname {output.index}) --tracking {input.tracking} > {log} 2>&1"

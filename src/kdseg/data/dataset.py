@@ -22,9 +22,7 @@ from monai.data import MetaTensor
 from monai.transforms import Compose, RandFlipd, RandScaleIntensityd, RandShiftIntensityd
 from torch.utils.data import IterableDataset, get_worker_info
 
-from kdseg.data.preprocess import load_preprocessed
-
-_MAX_FG_COORDS = 20_000  # enough centres to sample from; bounds memory per case
+from kdseg.data.preprocess import foreground_path, foreground_sample, load_preprocessed
 
 
 class PatchDataset(IterableDataset):
@@ -36,19 +34,28 @@ class PatchDataset(IterableDataset):
 
     With ``unpaired=True`` each item is ``(image, label, other_image, other_label)`` where the
     second patch comes from a *different* case (the two streams of an unpaired method, e.g.
-    ``ummkd`` with ``unpaired: true``), each augmented independently.
+    ``ummkd`` with ``unpaired: true``), each augmented independently. The second stream draws
+    from ``other_cases`` when given (unpaired data: the cases of the other modality), else from
+    ``cases``.
     """
 
     def __init__(self, preprocessed_dir: Path, cases: Sequence[str],
                  patch_size: Sequence[int], foreground_prob: float, seed: int,
-                 unpaired: bool = False) -> None:
+                 unpaired: bool = False, other_cases: Sequence[str] | None = None) -> None:
         if not cases:
             raise ValueError("PatchDataset: no training cases")
-        if unpaired and len(set(cases)) < 2:
+        if other_cases is not None and not unpaired:
+            raise ValueError("PatchDataset: other_cases is only used with unpaired=True")
+        if unpaired and other_cases is not None and not other_cases:
+            raise ValueError("PatchDataset: the second stream has no cases (other_cases empty)")
+        if unpaired and other_cases is None and len(set(cases)) < 2:
             raise ValueError("PatchDataset: unpaired sampling needs >= 2 training cases")
         self.unpaired = unpaired
         self.dir = Path(preprocessed_dir)
-        self.cases = list(cases)
+        self.n_first = len(cases)
+        self.own_other = other_cases is not None
+        # one pool: indices < n_first are the first stream's cases, the rest the second's
+        self.cases = list(cases) + list(other_cases or [])
         self.patch_size = tuple(int(p) for p in patch_size)
         self.foreground_prob = foreground_prob
         self.seed = seed
@@ -71,9 +78,10 @@ class PatchDataset(IterableDataset):
             image, label, _ = load_preprocessed(self.dir, case, mmap=True)
             if label is None:
                 raise ValueError(f"{self.dir}: case {case} has no label; cannot train on it")
-            fg = np.argwhere(label > 0)
-            if len(fg) > _MAX_FG_COORDS:
-                fg = fg[np.random.default_rng(0).choice(len(fg), _MAX_FG_COORDS, replace=False)]
+            path = foreground_path(self.dir, case)
+            # Memory-mapped like the arrays: RAM does not grow with the number of cases.
+            fg = (np.load(path, mmap_mode="r") if path.is_file()
+                  else foreground_sample(np.asarray(label)))
             self._arrays[case] = (image, label, fg)
         return self._arrays[case]
 
@@ -95,12 +103,12 @@ class PatchDataset(IterableDataset):
         """One un-augmented patch ``{"image": (C, *P), "label": (1, *P)}`` from case number
         ``case_index`` (a random case when ``None``)."""
         if case_index is None:
-            case_index = int(rng.integers(len(self.cases)))
+            case_index = int(rng.integers(self.n_first))
         image, label, fg = self._case(self.cases[case_index])
         spatial = np.array(label.shape)
         size = np.array(self.patch_size)
         if len(fg) and rng.random() < self.foreground_prob:
-            centre = fg[rng.integers(len(fg))]
+            centre = np.asarray(fg[rng.integers(len(fg))], dtype=np.int64)
         else:
             centre = rng.integers(0, spatial)
         # Keep the patch inside the volume where the volume is large enough (nnU-Net style).
@@ -115,16 +123,19 @@ class PatchDataset(IterableDataset):
         worker = info.id if info is not None else 0
         rng = np.random.default_rng([self.seed, self.epoch, worker])
         self.augment.set_random_state(seed=int(rng.integers(2**31)))
-        n = len(self.cases)
+        n = self.n_first
         while True:
             if not self.unpaired:
                 patch = self.augment(self.sample(rng))
                 yield _plain_tensor(patch["image"]), _plain_tensor(patch["label"])
                 continue
             first = int(rng.integers(n))
-            other = (first + 1 + int(rng.integers(n - 1))) % n  # any case but `first`
-            while self.cases[other] == self.cases[first]:  # duplicated ids in the list
-                other = int(rng.integers(n))
+            if self.own_other:
+                other = n + int(rng.integers(len(self.cases) - n))
+            else:
+                other = (first + 1 + int(rng.integers(n - 1))) % n  # any case but `first`
+                while self.cases[other] == self.cases[first]:  # duplicated ids in the list
+                    other = int(rng.integers(n))
             a = self.augment(self.sample(rng, first))
             b = self.augment(self.sample(rng, other))
             yield (_plain_tensor(a["image"]), _plain_tensor(a["label"]),

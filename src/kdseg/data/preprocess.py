@@ -1,16 +1,18 @@
-"""Preprocessing (reorient, crop, z-score, label -> class) and its exact inverse for predictions.
+"""Preprocess a dataset: validate every case, then write normalised arrays that train lazily.
 
-Per case, identical for every method and every modality subset:
+Per case, identical for every method and every modality subset (geometry: :mod:`.geometry`):
 
-1. reorient to the closest RAS orientation (``nib.as_closest_canonical`` semantics: axis flips and
-   permutations only, never resampling, so every voxel keeps its value and is restorable);
+1. reorient to the closest RAS orientation (axis flips and permutations only);
 2. brain mask = voxels where any modality is nonzero; crop to its bounding box plus ``margin``
    (widened to keep every labelled voxel, see :func:`preprocess_case`);
-3. per-modality z-score over the mask voxels inside the crop; voxels outside the mask are 0;
-4. stored label values -> contiguous class ids via the :class:`LabelConvention`.
+3. optionally resample the crop to ``target_spacing`` (:mod:`kdseg.data.resample`);
+4. per-modality z-score over the mask voxels; voxels outside the mask are 0;
+5. stored label values -> contiguous class ids via the :class:`LabelConvention`.
 
-:class:`CaseGeometry` records what is needed to undo 1–2 so that :func:`restore_prediction` puts a
-prediction back voxel-exactly into the original file's grid.
+The dataset pass reads one case at a time (memory stays at one case whatever the dataset size),
+checks it, and writes ``.npy`` arrays that training memory-maps. Every problem of every case is
+collected and reported together at the end, so one run lists all that is wrong; valid cases are
+kept, and a rerun after fixing the data only redoes what changed.
 
 Array axis order: spatial arrays are ``(X, Y, Z)`` (nibabel voxel order); images are
 channel-first ``(C, X, Y, Z)``.
@@ -20,27 +22,28 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 from nibabel.affines import voxel_sizes
-from nibabel.orientations import (
-    apply_orientation,
-    axcodes2ornt,
-    inv_ornt_aff,
-    io_orientation,
-    ornt_transform,
-)
-from scipy import ndimage
 from tqdm import tqdm
 
 import kdseg
+from kdseg.data.adapters import DatasetSource, find_dataset
+from kdseg.data.geometry import (
+    CaseGeometry,
+    brain_bbox,
+    mask_bbox,
+    slices,
+    to_canonical,
+    union_box,
+)
 from kdseg.data.io import (
     LABEL_SUFFIX,
     CaseFiles,
@@ -48,167 +51,63 @@ from kdseg.data.io import (
     DataProblem,
     LoadedCase,
     check_modalities,
-    load_case,
     read_case,
-    scan_cases,
 )
 from kdseg.data.labels import LabelConvention
+from kdseg.data.resample import resample_image, resample_labels, resample_mask, target_shape
 from kdseg.fileio import atomic_path, remove_stale_temp_files
 
 # Bump when preprocessing output changes for the same input: outputs written by another version
 # are then redone instead of resumed.
-PREPROCESS_VERSION = 1
+PREPROCESS_VERSION = 2
 ZSCORE_STD_FLOOR = 1e-8
-_RAS = axcodes2ornt(("R", "A", "S"))
-
-Box = tuple[tuple[int, int], ...]
-
-
-# ---------------------------------------------------------------------------------------------
-# Geometry record
-# ---------------------------------------------------------------------------------------------
+IMAGE_INTERPOLATIONS = {"linear": 1, "bspline": 3}
+LABEL_INTERPOLATIONS = ("nearest", "linear")
 
 
 @dataclass(frozen=True)
-class CaseGeometry:
-    """Everything needed to map the cropped canonical grid back to the original file grid.
+class PreprocessOptions:
+    """The ``preprocess`` block of the config.
 
     Attributes:
-        original_shape: ``(X, Y, Z)`` of the source files.
-        original_affine: their 4x4 voxel-to-world affine (mm) as nested lists.
-        canonical_shape: shape after reorientation to closest RAS.
-        bbox: crop box in canonical voxel coordinates, half-open ``(start, stop)`` per axis.
-        spacing: canonical voxel spacing in mm, per canonical axis.
+        margin: voxels kept around the brain's bounding box.
+        target_spacing: resample every case to this spacing in mm ``(x, y, z)`` in RAS axis
+            order; None keeps each case's own grid (no interpolation at all).
+        image_interpolation: ``linear`` or ``bspline`` (cubic, nnU-Net's choice for images).
+        label_interpolation: ``nearest`` or ``linear`` (nnU-Net's per-label linear: each
+            class's one-hot mask is interpolated and the largest wins); also used to bring
+            predictions back to the original grid.
     """
 
-    case_id: str
-    original_shape: tuple[int, int, int]
-    original_affine: list[list[float]]
-    canonical_shape: tuple[int, int, int]
-    bbox: Box
-    spacing: tuple[float, float, float]
+    margin: int = 2
+    target_spacing: tuple[float, float, float] | None = None
+    image_interpolation: str = "bspline"
+    label_interpolation: str = "linear"
 
-    @property
-    def crop_shape(self) -> tuple[int, ...]:
-        """Shape ``(x, y, z)`` of the cropped canonical grid."""
-        return tuple(stop - start for start, stop in self.bbox)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form (tuples become lists)."""
-        return {
-            "case_id": self.case_id,
-            "original_shape": list(self.original_shape),
-            "original_affine": [list(row) for row in self.original_affine],
-            "canonical_shape": list(self.canonical_shape),
-            "bbox": [list(axis) for axis in self.bbox],
-            "spacing": list(self.spacing),
-        }
+    def __post_init__(self) -> None:
+        if self.margin < 0:
+            raise ValueError(f"preprocess.crop_margin must be >= 0, got {self.margin}")
+        if self.image_interpolation not in IMAGE_INTERPOLATIONS:
+            raise ValueError(f"preprocess.image_interpolation: {self.image_interpolation!r} is "
+                             f"not one of {list(IMAGE_INTERPOLATIONS)}")
+        if self.label_interpolation not in LABEL_INTERPOLATIONS:
+            raise ValueError(f"preprocess.label_interpolation: {self.label_interpolation!r} is "
+                             f"not one of {list(LABEL_INTERPOLATIONS)}")
+        if self.target_spacing is not None and (
+            len(self.target_spacing) != 3 or min(self.target_spacing) <= 0
+        ):
+            raise ValueError(f"preprocess.target_spacing must be 3 positive numbers (mm), got "
+                             f"{list(self.target_spacing)}")
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "geometry") -> CaseGeometry:
-        """Inverse of :meth:`to_dict`; extra keys (the rest of a case json) are ignored.
-
-        ``source`` names the file the dict came from, for the error message.
-        """
-        needed = (
-            "case_id",
-            "original_shape",
-            "original_affine",
-            "canonical_shape",
-            "bbox",
-            "spacing",
+    def from_config(cls, block: dict[str, Any]) -> PreprocessOptions:
+        spacing = block.get("target_spacing")
+        return cls(
+            margin=int(block.get("crop_margin", 2)),
+            target_spacing=tuple(float(v) for v in spacing) if spacing else None,  # type: ignore[arg-type]
+            image_interpolation=str(block.get("image_interpolation", "bspline")),
+            label_interpolation=str(block.get("label_interpolation", "linear")),
         )
-        missing = [key for key in needed if key not in d]
-        if missing:
-            raise DataError(f"{source}: geometry record lacks keys {missing}")
-        try:
-            return cls(
-                case_id=str(d["case_id"]),
-                original_shape=_int3(d["original_shape"]),
-                original_affine=[[float(v) for v in row] for row in d["original_affine"]],
-                canonical_shape=_int3(d["canonical_shape"]),
-                bbox=tuple((int(start), int(stop)) for start, stop in d["bbox"]),
-                spacing=(float(d["spacing"][0]), float(d["spacing"][1]), float(d["spacing"][2])),
-            )
-        except (TypeError, ValueError, IndexError) as err:
-            raise DataError(f"{source}: malformed geometry record ({err})") from err
-
-
-def _int3(values: Sequence[int]) -> tuple[int, int, int]:
-    if len(values) != 3:
-        raise ValueError(f"expected 3 values, got {list(values)}")
-    return (int(values[0]), int(values[1]), int(values[2]))
-
-
-# ---------------------------------------------------------------------------------------------
-# Pure array operations
-# ---------------------------------------------------------------------------------------------
-
-
-def _reorient(data: np.ndarray, ornt: np.ndarray) -> np.ndarray:
-    """``apply_orientation`` on the spatial axes of ``(X, Y, Z)`` or ``(C, X, Y, Z)`` data."""
-    if data.ndim == 3:
-        return apply_orientation(data, ornt)
-    if data.ndim == 4:
-        # apply_orientation transforms the leading three axes, so put the channel axis last.
-        moved = apply_orientation(np.moveaxis(data, 0, -1), ornt)
-        return np.moveaxis(moved, -1, 0)
-    raise ValueError(f"expected (X, Y, Z) or (C, X, Y, Z) data, got shape {data.shape}")
-
-
-def to_canonical(image: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Reorient ``(X, Y, Z)`` or ``(C, X, Y, Z)`` voxels to the closest RAS orientation.
-
-    Pure axis flips/permutations (``nib.as_closest_canonical`` semantics), no resampling: every
-    voxel keeps its value and world position. Returns ``(data, canonical_affine)``; ``data`` is a
-    C-contiguous copy with the same dtype.
-    """
-    ornt = ornt_transform(io_orientation(affine), _RAS)
-    data = np.ascontiguousarray(_reorient(image, ornt))
-    canonical_affine = np.asarray(affine, dtype=np.float64) @ inv_ornt_aff(ornt, image.shape[-3:])
-    return data, canonical_affine
-
-
-def from_canonical(data: np.ndarray, original_affine: np.ndarray) -> np.ndarray:
-    """Undo :func:`to_canonical` for ``(X, Y, Z)`` or ``(C, X, Y, Z)`` data in the canonical grid.
-
-    The orientation is recomputed from the original affine, so only that affine is needed.
-    """
-    ornt = ornt_transform(_RAS, io_orientation(original_affine))
-    return np.ascontiguousarray(_reorient(data, ornt))
-
-
-def brain_bbox(image: np.ndarray, margin: int = 0) -> Box:
-    """Bounding box of the nonzero voxels of ``(X, Y, Z)`` or union over channels of
-    ``(C, X, Y, Z)``, grown by ``margin`` voxels and clipped to the array; half-open per axis.
-    """
-    if margin < 0:
-        raise ValueError(f"margin must be >= 0, got {margin}")
-    if image.ndim not in (3, 4):
-        raise ValueError(f"expected (X, Y, Z) or (C, X, Y, Z) data, got shape {image.shape}")
-    mask = image != 0
-    if mask.ndim == 4:
-        mask = mask.any(axis=0)
-    return mask_bbox(mask, margin)
-
-
-def mask_bbox(mask: np.ndarray, margin: int = 0) -> Box:
-    """Half-open bounding box of a boolean ``(X, Y, Z)`` mask, grown by ``margin`` and clipped."""
-    objects = ndimage.find_objects(mask.astype(np.uint8))
-    if not objects:
-        raise ValueError("no nonzero voxels: the bounding box is undefined")
-    return tuple(
-        (max(0, s.start - margin), min(size, s.stop + margin))
-        for s, size in zip(objects[0], mask.shape, strict=True)
-    )
-
-
-def _union_box(a: Box, b: Box) -> Box:
-    return tuple((min(sa, sb), max(ea, eb)) for (sa, ea), (sb, eb) in zip(a, b, strict=True))
-
-
-def _slices(box: Box) -> tuple[slice, ...]:
-    return tuple(slice(start, stop) for start, stop in box)
 
 
 def zscore_in_mask(
@@ -244,82 +143,65 @@ def zscore_in_mask(
 
 
 def preprocess_case(
-    case: LoadedCase, convention: LabelConvention, margin: int = 2
+    case: LoadedCase,
+    convention: LabelConvention,
+    margin: int = 2,
+    options: PreprocessOptions | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, CaseGeometry, list[tuple[float, float]]]:
-    """Reorient, crop, normalise one case and map its labels to classes.
+    """Reorient, crop, (resample,) normalise one case and map its labels to classes.
 
-    The crop box is the brain box (any modality nonzero) plus ``margin``; if labelled voxels lie
+    The crop box is the brain box (any modality nonzero) plus the margin; if labelled voxels lie
     outside it (lesion labels on zero-intensity voxels at the brain edge), the box is widened to
-    keep them, so restoring the preprocessed label always reproduces the original exactly.
+    keep them, so restoring the preprocessed label reproduces the original exactly when nothing
+    is resampled. ``options`` (if given) overrides ``margin``.
 
     Returns:
-        image: float32 ``(C, x, y, z)`` in the cropped canonical grid.
+        image: float32 ``(C, x, y, z)`` in the preprocessed grid.
         classes: uint8 ``(x, y, z)`` class ids, or None when the case has no label.
-        geometry: the :class:`CaseGeometry` to undo the reorientation and crop.
-        stats: per-channel ``(mean, std)`` of the z-score (raw intensities).
+        geometry: the :class:`CaseGeometry` to undo reorientation, crop and resampling.
+        stats: per-channel ``(mean, std)`` of the z-score (of the raw or resampled intensities).
     """
+    options = options or PreprocessOptions(margin=margin)
     image, canonical_affine = to_canonical(case.image, case.affine)
     try:
-        box = brain_bbox(image, margin)
+        box = brain_bbox(image, options.margin)
     except ValueError as err:
         raise DataError(f"{case.case_id}: {err} in any modality") from err
     classes = None
     if case.label is not None:
         label, _ = to_canonical(case.label, case.affine)
         if label.any():
-            box = _union_box(box, mask_bbox(label != 0))
-        classes = convention.to_classes(label[_slices(box)], source=case.case_id)
-    cropped = image[(slice(None), *_slices(box))]
-    normalised, stats = zscore_in_mask(cropped, (cropped != 0).any(axis=0))
-    sx, sy, sz = (float(v) for v in voxel_sizes(canonical_affine))
+            box = union_box(box, mask_bbox(label != 0))
+        classes = convention.to_classes(label[slices(box)], source=case.case_id)
+    cropped = image[(slice(None), *slices(box))]
+    mask = (cropped != 0).any(axis=0)
+    spacing = tuple(float(v) for v in voxel_sizes(canonical_affine))
+    resampled_shape = None
+    if options.target_spacing is not None:
+        shape = target_shape(mask.shape, spacing, options.target_spacing)
+        if shape != mask.shape:
+            resampled_shape = shape
+            cropped = resample_image(cropped, shape, IMAGE_INTERPOLATIONS[
+                options.image_interpolation])
+            mask = resample_mask(mask, shape)
+            if classes is not None:
+                classes = resample_labels(classes, shape, options.label_interpolation,
+                                          convention.num_classes)
+    normalised, stats = zscore_in_mask(cropped, mask)
     geometry = CaseGeometry(
         case_id=case.case_id,
         original_shape=_int3(case.image.shape[1:]),
         original_affine=np.asarray(case.affine, dtype=np.float64).tolist(),
         canonical_shape=_int3(image.shape[1:]),
         bbox=box,
-        spacing=(sx, sy, sz),
+        spacing=(spacing[0], spacing[1], spacing[2]),
+        resampled_shape=resampled_shape,
     )
     return normalised, classes, geometry, stats
 
 
-def restore_prediction(
-    classes: np.ndarray, geometry: CaseGeometry, convention: LabelConvention
-) -> nib.Nifti1Image:
-    """Put a class-id prediction back into the original file grid as stored label values.
-
-    ``classes``: integer ``(x, y, z)`` in the cropped canonical grid (shape = bbox size). Voxels
-    outside the crop box become background (0). Returns a uint8 ``Nifti1Image`` with the original
-    shape and affine (qform and sform both set, code 1 = scanner, units mm).
-    """
-    where = f"{geometry.case_id}: prediction"
-    if classes.shape != geometry.crop_shape:
-        raise DataError(
-            f"{where} shape {classes.shape} differs from the crop box size {geometry.crop_shape}"
-        )
-    if classes.dtype.kind not in "iub":
-        raise DataError(f"{where} must hold integer class ids, got dtype {classes.dtype}")
-    if classes.size and (classes.min() < 0 or classes.max() >= convention.num_classes):
-        raise DataError(
-            f"{where} holds class ids outside 0..{convention.num_classes - 1} "
-            f"(min {classes.min()}, max {classes.max()})"
-        )
-    canonical = np.zeros(geometry.canonical_shape, dtype=np.uint8)
-    canonical[_slices(geometry.bbox)] = convention.to_labels(classes)
-    affine = np.asarray(geometry.original_affine, dtype=np.float64)
-    data = from_canonical(canonical, affine)
-    if data.shape != geometry.original_shape:  # only a corrupt geometry record gets here
-        raise DataError(
-            f"{geometry.case_id}: geometry record inconsistent: restored shape {data.shape} "
-            f"!= original shape {geometry.original_shape}"
-        )
-    img = nib.Nifti1Image(data, affine)
-    img.header.set_data_dtype(np.uint8)
-    img.header.set_xyzt_units("mm")
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    img.header.set_zooms(tuple(float(v) for v in voxel_sizes(affine)))
-    return img
+def _int3(values: Sequence[int]) -> tuple[int, int, int]:
+    return (int(values[0]), int(values[1]), int(values[2]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -357,6 +239,30 @@ def case_paths(out_dir: Path, case_id: str) -> tuple[Path, Path, Path]:
     )
 
 
+MAX_FOREGROUND_SAMPLES = 20_000  # enough patch centres to draw from; bounds memory per case
+
+
+def foreground_path(out_dir: Path, case_id: str) -> Path:
+    """``<case>_fg.npy``: sampled foreground voxel coordinates of a labelled case."""
+    return Path(out_dir) / f"{case_id}_fg.npy"
+
+
+def foreground_sample(classes: np.ndarray) -> np.ndarray:
+    """Up to :data:`MAX_FOREGROUND_SAMPLES` foreground voxel coordinates ``(N, 3)`` of a class
+    map (int16, or int32 for axes over 32767), drawn without replacement with a fixed seed.
+
+    Stored at preprocessing time (as nnU-Net stores class locations) so that training's
+    foreground oversampling never scans whole label maps and its memory per case stays small.
+    """
+    coords = np.argwhere(classes > 0)
+    if len(coords) > MAX_FOREGROUND_SAMPLES:
+        keep = np.random.default_rng(0).choice(len(coords), MAX_FOREGROUND_SAMPLES,
+                                               replace=False)
+        coords = coords[np.sort(keep)]
+    dtype = np.int16 if max(classes.shape) <= np.iinfo(np.int16).max else np.int32
+    return coords.astype(dtype)
+
+
 def _source_files(files: CaseFiles) -> dict[str, dict[str, Any]]:
     """Provenance of the inputs: absolute path, size and mtime (ns) per modality and label."""
     named = dict(files.images)
@@ -369,14 +275,26 @@ def _source_files(files: CaseFiles) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _settings(modalities: tuple[str, ...], convention: LabelConvention, margin: int) -> dict:
+def _settings(modalities: tuple[str, ...], convention: LabelConvention,
+              options: PreprocessOptions) -> dict:
     """The case-json fields that must match for a previous output to be reused."""
     return {
         "modalities": list(modalities),
         "label_convention": convention.name,
-        "margin": margin,
+        "label_values": list(convention.label_values),
+        "margin": options.margin,
+        "resampling": {k: v for k, v in _plain(asdict(options)).items() if k != "margin"},
         "preprocess_version": PREPROCESS_VERSION,
     }
+
+
+def _plain(obj: Any) -> Any:
+    """Tuples -> lists, so a settings dict compares equal to its JSON round trip."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    return obj
 
 
 def _up_to_date_record(out_dir: Path, files: CaseFiles, settings: dict) -> dict | None:
@@ -386,7 +304,8 @@ def _up_to_date_record(out_dir: Path, files: CaseFiles, settings: dict) -> dict 
     size and mtime (size+mtime, not a content hash: hashing would read every case again).
     """
     image_path, label_path, json_path = case_paths(out_dir, files.case_id)
-    needed = [image_path, json_path] + ([label_path] if files.label is not None else [])
+    labelled = [label_path, foreground_path(out_dir, files.case_id)]
+    needed = [image_path, json_path] + (labelled if files.label is not None else [])
     if not all(path.is_file() for path in needed):
         return None
     try:
@@ -408,31 +327,36 @@ def _up_to_date_record(out_dir: Path, files: CaseFiles, settings: dict) -> dict 
     return record
 
 
-def _process_case(
+def _write_case(
+    case: LoadedCase,
     files: CaseFiles,
-    modalities: tuple[str, ...],
     convention: LabelConvention,
-    margin: int,
+    options: PreprocessOptions,
     out_dir: Path,
 ) -> dict:
-    """Load, preprocess and write one case; returns its json record. The json is written last,
+    """Preprocess and write one loaded case; returns its json record. The json is written last,
     so it only ever describes complete array files."""
-    case = load_case(files, modalities, convention)
-    image, classes, geometry, stats = preprocess_case(case, convention, margin)
+    image, classes, geometry, stats = preprocess_case(case, convention, options=options)
     image_path, label_path, json_path = case_paths(out_dir, files.case_id)
     _atomic_save_npy(image_path, image)
     class_voxels = None
+    fg_path = foreground_path(out_dir, files.case_id)
     if classes is not None:
         _atomic_save_npy(label_path, classes)
+        _atomic_save_npy(fg_path, foreground_sample(classes))
         counts = np.bincount(classes.ravel(), minlength=convention.num_classes)
         class_voxels = [int(n) for n in counts]
     else:
         label_path.unlink(missing_ok=True)  # a stale label from an earlier labelled run
+        fg_path.unlink(missing_ok=True)
     record = {
         **geometry.to_dict(),
-        **_settings(modalities, convention, margin),
+        **_settings(case.modalities, convention, options),
+        "available_modalities": list(case.available),
         "zscore": {
-            m: {"mean": mean, "std": std} for m, (mean, std) in zip(modalities, stats, strict=True)
+            m: {"mean": mean, "std": std}
+            for m, (mean, std) in zip(case.modalities, stats, strict=True)
+            if m in case.available
         },
         "source_files": _source_files(files),
         "class_voxels": class_voxels,
@@ -441,26 +365,11 @@ def _process_case(
     return record
 
 
-def _validate(
-    cases: list[CaseFiles],
-    modalities: tuple[str, ...],
-    convention: LabelConvention,
-    todo: list[bool],
-    progress: bool,
-) -> list[DataProblem]:
-    """Read and check every case still to process; collect (never raise) per-case problems."""
-    problems: list[DataProblem] = []
-    pending = [files for files, needed in zip(cases, todo, strict=True) if needed]
-    for files in tqdm(pending, desc="validate", unit="case", file=sys.stderr, disable=not progress):
-        _, found = read_case(files, modalities, convention)
-        problems.extend(found)
-    return problems
-
-
 def _manifest_row(record: dict, convention: LabelConvention, out_dir: Path) -> dict[str, Any]:
     image_path, label_path, json_path = case_paths(out_dir, record["case_id"])
     geometry = CaseGeometry.from_dict(record, source=str(json_path))
-    shape = geometry.crop_shape
+    shape = geometry.array_shape
+    spacing = geometry.array_spacing
     counts = record["class_voxels"] or [None] * convention.num_classes
     row: dict[str, Any] = {
         "case": geometry.case_id,
@@ -471,9 +380,10 @@ def _manifest_row(record: dict, convention: LabelConvention, out_dir: Path) -> d
         "shape_x": shape[0],
         "shape_y": shape[1],
         "shape_z": shape[2],
-        "spacing_x": geometry.spacing[0],
-        "spacing_y": geometry.spacing[1],
-        "spacing_z": geometry.spacing[2],
+        "spacing_x": spacing[0],
+        "spacing_y": spacing[1],
+        "spacing_z": spacing[2],
+        "modalities": "+".join(record.get("available_modalities") or record["modalities"]),
     }
     for name, count in zip(convention.class_names, counts, strict=True):
         row[f"voxels_{name}"] = count
@@ -483,12 +393,13 @@ def _manifest_row(record: dict, convention: LabelConvention, out_dir: Path) -> d
 def _fingerprint(
     manifest: pd.DataFrame,
     records: list[dict],
-    modalities: tuple[str, ...],
+    source: DatasetSource,
     convention: LabelConvention,
-    margin: int,
+    options: PreprocessOptions,
     manifest_sha1: str,
 ) -> dict[str, Any]:
     """Dataset summary written to dataset.json (intensity statistics are of raw voxels)."""
+    modalities = source.modalities
     shapes = manifest[["shape_x", "shape_y", "shape_z"]].to_numpy()
     spacings = manifest[["spacing_x", "spacing_y", "spacing_z"]].to_numpy()
     labelled = [r["class_voxels"] for r in records if r["class_voxels"] is not None]
@@ -499,27 +410,113 @@ def _fingerprint(
             name: float(n) / float(totals.sum())
             for name, n in zip(convention.class_names, totals, strict=True)
         }
+
+    def mean_stat(m: str, key: str) -> float | None:
+        values = [r["zscore"][m][key] for r in records if m in r["zscore"]]
+        return float(np.mean(values)) if values else None
+
     return {
         "kdseg_version": kdseg.__version__,
         "preprocess_version": PREPROCESS_VERSION,
+        "source": source.source,
+        "unpaired": source.unpaired,
         "modalities": list(modalities),
+        "cases_per_modality": {m: int(sum(m in r.get("available_modalities", modalities)
+                                          for r in records)) for m in modalities},
         "label_convention": convention.name,
+        "label_values": list(convention.label_values),
         "class_names": list(convention.class_names),
-        "margin": margin,
+        "regions": {k: list(v) for k, v in convention.regions.items()},
+        "margin": options.margin,
+        "target_spacing": list(options.target_spacing) if options.target_spacing else None,
         "n_cases": len(records),
         "n_labelled": len(labelled),
         "median_shape": [float(v) for v in np.median(shapes, axis=0)],
         "median_spacing": [float(v) for v in np.median(spacings, axis=0)],
         "intensity": {
-            m: {
-                "mean_of_case_means": float(np.mean([r["zscore"][m]["mean"] for r in records])),
-                "mean_of_case_stds": float(np.mean([r["zscore"][m]["std"] for r in records])),
-            }
+            m: {"mean_of_case_means": mean_stat(m, "mean"),
+                "mean_of_case_stds": mean_stat(m, "std")}
             for m in modalities
         },
         "class_voxel_fractions": fractions,
         "manifest_sha1": manifest_sha1,
     }
+
+
+def preprocess_source(
+    source: DatasetSource,
+    out_dir: Path,
+    convention: LabelConvention,
+    options: PreprocessOptions | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Find, validate and preprocess every case of a dataset into ``out_dir``.
+
+    Writes per case ``<case>_image.npy`` (float32 ``(C, x, y, z)``, channel order =
+    ``source.modalities``; zero channels for modalities an unpaired case lacks),
+    ``<case>_label.npy`` (uint8 classes ``(x, y, z)``, labelled cases only) and ``<case>.json``
+    (geometry, settings, z-score stats, source files, voxels per class); then ``manifest.csv``
+    and ``dataset.json``. All writes are atomic.
+
+    One pass reads each case once (memory stays at one case), checks it and writes it if it is
+    valid. Every problem found across all cases (and by the adapter while finding them) is
+    raised together at the end as one DataError with a ``case | file | problem`` table; in that
+    case ``manifest.csv`` is not written, so nothing downstream runs on a partial dataset. Cases
+    whose outputs exist and whose source files still have the recorded size and mtime are
+    skipped (resume). Source files are only ever read.
+
+    Returns the manifest DataFrame (one row per case, sorted by case id).
+    """
+    out_dir = Path(out_dir)
+    options = options or PreprocessOptions()
+    mods = check_modalities(source.modalities)
+    settings = _settings(mods, convention, options)
+    cases, problems = find_dataset(source)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(out_dir)  # left by a killed earlier run: os.replace never happened
+    records = []
+    for files in tqdm(cases, desc="preprocess", unit="case", file=sys.stderr,
+                      disable=not progress):
+        record = _up_to_date_record(out_dir, files, settings)
+        if record is None:
+            case, found = read_case(files, mods, convention, allow_missing=source.unpaired)
+            problems.extend(found)
+            if case is None:
+                continue
+            try:
+                record = _write_case(case, files, convention, options, out_dir)
+            except DataError as err:  # e.g. a label-less, all-zero crop
+                problems.append(DataProblem(files.case_id, files.label or
+                                            next(iter(files.images.values())), str(err)))
+                continue
+        records.append(record)
+    if problems:  # one table, case by case; file paths shown relative to the dataset folder
+        problems.sort(key=lambda problem: problem.case_id)
+        for derived in ("manifest.csv", "dataset.json"):  # from an earlier, clean state of the
+            (out_dir / derived).unlink(missing_ok=True)  # data: it no longer describes them
+        raise DataError.from_problems(problems, Path(os.path.abspath(source.root)))
+    if source.unpaired:
+        _check_unpaired(records, mods, Path(source.root))
+
+    manifest = pd.DataFrame([_manifest_row(r, convention, out_dir) for r in records])
+    for name in convention.class_names:  # nullable ints: unlabelled cases have no counts
+        manifest[f"voxels_{name}"] = manifest[f"voxels_{name}"].astype("Int64")
+    csv_bytes = manifest.to_csv(index=False, lineterminator="\n").encode()
+    fingerprint = _fingerprint(
+        manifest, records, source, convention, options, hashlib.sha1(csv_bytes).hexdigest()
+    )
+    _atomic_write_bytes(out_dir / "dataset.json", _json_bytes(fingerprint))
+    _atomic_write_bytes(out_dir / "manifest.csv", csv_bytes)  # last: the workflow's target
+    return manifest
+
+
+def _check_unpaired(records: list[dict], modalities: tuple[str, ...], root: Path) -> None:
+    """An unpaired dataset needs cases of every modality (else a stream has nothing to draw)."""
+    counts = {m: sum(m in r["available_modalities"] for r in records) for m in modalities}
+    empty = [m for m, n in counts.items() if n == 0]
+    if empty:
+        raise DataError(f"{root}: unpaired dataset has no case with modality {empty} "
+                        f"(cases per modality: {counts})")
 
 
 def preprocess_dataset(
@@ -531,54 +528,41 @@ def preprocess_dataset(
     progress: bool = True,
     require_label: bool = True,
 ) -> pd.DataFrame:
-    """Validate a BraTS-layout dataset, then preprocess every case into ``out_dir``.
+    """:func:`preprocess_source` for a BraTS-layout folder (naming detected) without
+    resampling: the short form the built-in synthetic dataset and the tests use."""
+    source = DatasetSource("brats", Path(root), tuple(modalities), require_label=require_label)
+    return preprocess_source(source, out_dir, convention, PreprocessOptions(margin=margin),
+                             progress)
 
-    Writes per case ``<case>_image.npy`` (float32 ``(C, x, y, z)``, channel order =
-    ``modalities``), ``<case>_label.npy`` (uint8 classes ``(x, y, z)``, labelled cases only) and
-    ``<case>.json`` (geometry, settings, z-score stats, source files, voxels per class); then
-    ``manifest.csv`` and ``dataset.json``. All writes are atomic.
 
-    Validation comes first and reads every case that is not up to date (so those are read twice,
-    once to check and once to process; memory stays at one case). All problems are collected and
-    raised together as one DataError before anything is written. Cases whose outputs exist and
-    whose source files still have the recorded size and mtime are skipped (resume).
+def reference_labels(out_dir: Path, cases: Sequence[str]) -> dict[str, Path]:
+    """The original label file of each case, as recorded by preprocessing (the evaluation's
+    references, whatever the dataset's layout); DataError naming the record if it has none."""
+    out = {}
+    for case in cases:
+        json_path = case_paths(out_dir, case)[2]
+        try:
+            record = json.loads(json_path.read_text())
+            out[case] = Path(record["source_files"][LABEL_SUFFIX]["path"])
+        except FileNotFoundError:
+            raise DataError(f"{json_path}: preprocessed case record not found") from None
+        except (ValueError, KeyError, TypeError):
+            raise DataError(f"{json_path}: records no label file for case {case!r} "
+                            f"(an unlabelled case cannot be evaluated)") from None
+    return out
 
-    Returns the manifest DataFrame (one row per case, sorted by case id).
-    """
-    root, out_dir = Path(root), Path(out_dir)
-    mods = check_modalities(modalities)
-    if margin < 0:
-        raise ValueError(f"margin must be >= 0, got {margin}")
-    settings = _settings(mods, convention, margin)
-    cases, problems = scan_cases(root, mods, require_label)
-    reusable = [_up_to_date_record(out_dir, files, settings) for files in cases]
-    todo = [record is None for record in reusable]
-    problems += _validate(cases, mods, convention, todo, progress)
-    if problems:
-        raise DataError.from_problems(problems, root)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temp_files(out_dir)  # left by a killed earlier run: os.replace never happened
-    records = []
-    for files, record in tqdm(
-        list(zip(cases, reusable, strict=True)),
-        desc="preprocess",
-        unit="case",
-        file=sys.stderr,
-        disable=not progress,
-    ):
-        records.append(record or _process_case(files, mods, convention, margin, out_dir))
-
-    manifest = pd.DataFrame([_manifest_row(r, convention, out_dir) for r in records])
-    for name in convention.class_names:  # nullable ints: unlabelled cases have no counts
-        manifest[f"voxels_{name}"] = manifest[f"voxels_{name}"].astype("Int64")
-    csv_bytes = manifest.to_csv(index=False, lineterminator="\n").encode()
-    _atomic_write_bytes(out_dir / "manifest.csv", csv_bytes)
-    fingerprint = _fingerprint(
-        manifest, records, mods, convention, margin, hashlib.sha1(csv_bytes).hexdigest()
-    )
-    _atomic_write_bytes(out_dir / "dataset.json", _json_bytes(fingerprint))
-    return manifest
+def cases_with_modalities(out_dir: Path, cases: Sequence[str],
+                          modalities: Sequence[str]) -> list[str]:
+    """The ``cases`` (order kept) whose preprocessed record holds all ``modalities``; in a
+    paired dataset that is every case."""
+    manifest = pd.read_csv(Path(out_dir) / "manifest.csv", dtype={"case": str})
+    if "modalities" not in manifest:
+        return list(cases)
+    have = {c: set(str(m).split("+")) for c, m in zip(manifest["case"], manifest["modalities"],
+                                                     strict=True)}
+    needed = set(modalities)
+    return [c for c in cases if needed <= have.get(c, needed)]
 
 
 def load_preprocessed(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import nibabel as nib
@@ -74,6 +74,17 @@ def reference_path(ref_dir: Path, case: str) -> Path:
     if len(found) == 2:
         raise ValueError(f"reference for case {case!r} is ambiguous: both {brats} and {plain}")
     return found[0]
+
+
+def _reference(refs: Path | Mapping[str, Path], case: str) -> Path:
+    if not isinstance(refs, Mapping):
+        return reference_path(Path(refs), case)
+    if case not in refs:
+        raise ValueError(f"no reference file given for case {case!r}")
+    path = Path(refs[case])
+    if not path.is_file():
+        raise ValueError(f"{path}: reference of case {case!r} is missing")
+    return path
 
 
 def _check_geometry(
@@ -163,7 +174,7 @@ def _check_case_list(cases: Sequence[str]) -> None:
 
 def evaluate_folder(
     pred_dir: Path,
-    ref_dir: Path,
+    ref_dir: Path | Mapping[str, Path],
     convention: LabelConvention,
     empty_rule: str = "brats",
     cases: Sequence[str] | None = None,
@@ -175,7 +186,8 @@ def evaluate_folder(
 
     Args:
         pred_dir: folder of ``<case>.nii.gz`` predicted label maps (stored label values).
-        ref_dir: folder of references, BraTS or plain layout (see module docstring).
+        ref_dir: folder of references, BraTS or plain layout (see module docstring), or a
+            mapping case -> reference file (what preprocessing recorded, any dataset layout).
         convention: label convention of both predictions and references.
         empty_rule: one of :data:`kdseg.evaluation.metrics.EMPTY_RULES`.
         cases: case ids to evaluate; ``None`` means every prediction file in ``pred_dir``.
@@ -189,13 +201,13 @@ def evaluate_folder(
         regions in convention order, metrics in ``METRICS`` order (dice, hd95, nsd,
         sensitivity, specificity).
     """
-    pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
+    pred_dir = Path(pred_dir)
     case_ids = discover_cases(pred_dir) if cases is None else list(cases)
     check_empty_rule(empty_rule)
     tolerance = check_nsd_tolerance(nsd_tolerance_mm)
     _check_case_list(case_ids)
     # Resolve every path first so a missing file fails before minutes of metric computation.
-    pairs = [(c, prediction_path(pred_dir, c), reference_path(ref_dir, c)) for c in case_ids]
+    pairs = [(c, prediction_path(pred_dir, c), _reference(ref_dir, c)) for c in case_ids]
     rows: list[dict[str, float | str]] = []
     for case, pred_path, ref_path in tqdm(
         pairs, desc="evaluate", unit="case", file=sys.stderr, disable=not progress

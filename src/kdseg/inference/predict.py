@@ -19,8 +19,9 @@ from monai.inferers import sliding_window_inference
 from tqdm import tqdm
 
 from kdseg.config import InferenceConfig, RunConfig, parse_run_config
+from kdseg.data.geometry import CaseGeometry, restore_prediction
 from kdseg.data.labels import get_convention
-from kdseg.data.preprocess import CaseGeometry, load_preprocessed, restore_prediction
+from kdseg.data.preprocess import load_preprocessed
 from kdseg.fileio import atomic_path
 from kdseg.models.factory import build_network, to_device
 from kdseg.training import checkpoint
@@ -101,7 +102,9 @@ def predict_run(run_dir: Path, cases: Sequence[str], out_dir: Path,
             x = torch.from_numpy(np.ascontiguousarray(image[cfg.input_channels]))
             classes = predict_classes(net, x, cfg.train.patch_size, cfg.inference, device,
                                       cfg.train.amp)
-            img = restore_prediction(classes, CaseGeometry.from_dict(meta), convention)
+            # A resampled case goes back with the interpolation its labels came with.
+            back = (meta.get("resampling") or {}).get("label_interpolation", "nearest")
+            img = restore_prediction(classes, CaseGeometry.from_dict(meta), convention, back)
             with atomic_path(target) as tmp:
                 nib.save(img, tmp)
         written.append(target)

@@ -33,11 +33,11 @@ from kdseg.report.stats import ALPHA, MIN_PAIRS_WILCOXON
 
 @dataclass(frozen=True)
 class ReportInputs:
-    """Everything the report reads: the summary folder, run folders, raw references, config."""
+    """Everything the report reads: the summary folder, run folders, the preprocessed dataset
+    (fingerprint, and arrays for the overlays), the config."""
 
     summary_dir: Path
     runs: list[Path]
-    references: Path
     preprocessed: Path
     config: dict[str, Any]
     overlay_cases: int = 3
@@ -69,7 +69,7 @@ def make_figures(inputs: ReportInputs, out_dir: Path) -> dict[str, Path]:
     long, summary = inputs.table("metrics_long"), inputs.table("comparison")
     paired = inputs.table("paired_vs_baseline")
     convention = get_convention(inputs.config["dataset"]["labels"])
-    rows, caption = overlay_rows(long, paired, inputs.runs, inputs.references, convention,
+    rows, caption = overlay_rows(long, paired, inputs.runs, inputs.preprocessed, convention,
                                  inputs.config["dataset"]["modalities"], inputs.overlay_cases)
     made = {
         "paired_differences_dice": figures.paired_differences_figure(long, paired, "dice"),

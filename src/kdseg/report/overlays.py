@@ -26,9 +26,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from kdseg.data.io import NIFTI_EXTENSIONS
+from kdseg.data.geometry import CaseGeometry, forward_labels
 from kdseg.data.labels import LabelConvention
-from kdseg.evaluation.evaluate import reference_path
+from kdseg.data.preprocess import load_preprocessed
 from kdseg.report.figures import OverlayPanel
 from kdseg.report.stats import TEACHER
 
@@ -89,17 +89,9 @@ def pick_cases(long: pd.DataFrame, subset: str, method: str | None, n: int) -> l
     return [order[i] for i in picks]
 
 
-def _image_path(references: Path, case: str, modality: str) -> Path:
-    """``<references>/<case>/<case>_<modality>.nii.gz`` (or ``.nii``); raise naming it if absent."""
-    for ext in NIFTI_EXTENSIONS:
-        path = references / case / f"{case}_{modality}{ext}"
-        if path.is_file():
-            return path
-    raise FileNotFoundError(f"{references / case}: no {case}_{modality}.nii(.gz) for the overlay")
-
-
-def _canonical(path: Path) -> np.ndarray:
-    return np.asanyarray(nib.as_closest_canonical(nib.load(path)).dataobj)
+def _forward(path: Path, geometry: CaseGeometry, convention: LabelConvention) -> np.ndarray:
+    """A label file of the original grid as class ids in the preprocessed grid."""
+    return forward_labels(np.asanyarray(nib.load(path).dataobj), geometry, convention, str(path))
 
 
 def _prediction(runs: Sequence[RunInfo], stage: str, subset: str, method: str,
@@ -119,9 +111,13 @@ def _display(slice_2d: np.ndarray) -> np.ndarray:
 
 
 def overlay_rows(long: pd.DataFrame, paired: pd.DataFrame, run_dirs: Sequence[Path],
-                 references: Path, convention: LabelConvention, modalities: Sequence[str],
+                 preprocessed: Path, convention: LabelConvention, modalities: Sequence[str],
                  n_cases: int) -> tuple[list[tuple[str, list[OverlayPanel]]], str]:
-    """Rows for :func:`kdseg.report.figures.overlay_figure` and the figure caption."""
+    """Rows for :func:`kdseg.report.figures.overlay_figure` and the figure caption.
+
+    Shown in the preprocessed grid (RAS, cropped, z-scored image): the same view for every
+    dataset layout; predictions are brought into it with :func:`forward_labels`.
+    """
     runs = run_infos(run_dirs)
     subset, method = best_student(paired, long)
     if subset is None:
@@ -136,9 +132,12 @@ def overlay_rows(long: pd.DataFrame, paired: pd.DataFrame, run_dirs: Sequence[Pa
     columns += [(m, "student", subset, m) for m in students]
     rows = []
     for case in cases:
-        reference = convention.to_classes(_canonical(reference_path(references, case)),
-                                          f"reference of {case}")
-        image = _canonical(_image_path(references, case, modality)).astype(np.float32)
+        volume, reference, record = load_preprocessed(preprocessed, case)
+        geometry = CaseGeometry.from_dict(record, source=f"{preprocessed}/{case}.json")
+        image = np.asarray(volume[list(modalities).index(modality)], dtype=np.float32)
+        if reference is None:
+            continue
+        reference = np.asarray(reference)
         z = int(np.argmax((reference > 0).sum(axis=(0, 1))))
         panels = [OverlayPanel(f"{modality} (input)", _display(image[:, :, z]), None),
                   OverlayPanel("reference", _display(image[:, :, z]),
@@ -147,7 +146,7 @@ def overlay_rows(long: pd.DataFrame, paired: pd.DataFrame, run_dirs: Sequence[Pa
             path = _prediction(runs, stage, col_subset, col_method, case) if col_subset else None
             if path is None:
                 continue
-            classes = convention.to_classes(_canonical(path), str(path))
+            classes = _forward(path, geometry, convention)
             panels.append(OverlayPanel(title, _display(image[:, :, z]),
                                        _display(classes[:, :, z])))
         rows.append((f"{case} (z={z})", panels))

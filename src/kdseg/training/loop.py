@@ -37,7 +37,7 @@ from tqdm import tqdm
 from kdseg.config import RunConfig, TrainConfig, load_run_config, run_key
 from kdseg.data.dataset import PatchDataset
 from kdseg.data.labels import get_convention
-from kdseg.data.preprocess import load_preprocessed
+from kdseg.data.preprocess import cases_with_modalities, load_preprocessed
 from kdseg.data.splits import load_fold
 from kdseg.distill.base import Distiller
 from kdseg.distill.registry import build_distiller
@@ -159,15 +159,26 @@ class Trainer:
         self.device = select_device(cfg.train.device)
         self.amp = cfg.train.amp and self.device.type == "cuda"  # bf16 autocast on GPU only
         split = load_fold(Path(cfg.splits_file), cfg.fold)
-        self.val_cases = split["val"]
+        data_dir = Path(cfg.preprocessed_dir)
+        # Unpaired data: a network trains and validates on the cases carrying its inputs.
+        train_cases = cases_with_modalities(data_dir, split["train"], cfg.input_modalities)
+        if not train_cases:
+            raise ValueError(f"{cfg.splits_file}: no training case of fold {cfg.fold} carries "
+                             f"the modalities {list(cfg.input_modalities)}")
+        self.val_cases = cases_with_modalities(data_dir, split["val"], cfg.input_modalities)
         self.num_classes = get_convention(cfg.labels).num_classes
         n_all = len(cfg.modalities)
         torch.manual_seed(cfg.seed)
         self.distiller: Distiller = build_distiller(cfg.method, cfg.model, self.num_classes)
         self.distiller.to(self.device)
-        self.data = PatchDataset(Path(cfg.preprocessed_dir), split["train"],
-                                 cfg.train.patch_size, cfg.train.foreground_prob, cfg.seed,
-                                 unpaired=self.distiller.unpaired)
+        # An unpaired method's second stream draws the cases the student's stream cannot use
+        # (on unpaired data: the other modality's cases); on paired data, any other case.
+        others = [c for c in split["train"] if c not in set(train_cases)]
+        self.data = PatchDataset(data_dir, train_cases, cfg.train.patch_size,
+                                 cfg.train.foreground_prob, cfg.seed,
+                                 unpaired=self.distiller.unpaired,
+                                 other_cases=others if self.distiller.unpaired and others
+                                 else None)
         n_student = len(cfg.input_modalities)
         n_in = self.distiller.student_in_channels(n_student, n_all)
         self.net = to_device(self._initial_student(n_student, n_in), self.device)
