@@ -139,3 +139,31 @@ def test_patch_not_divisible_by_network_depth_is_refused(config: dict) -> None:
     expected = r"train\.patch_size \[32, 32, 36\] must be divisible by 8"
     with pytest.raises(kdcfg.ConfigError, match=expected):
         kdcfg.check_config(config)
+
+
+def test_unpaired_data_refuses_teacher_methods_and_multi_modality_subsets(config: dict) -> None:
+    config["dataset"].update(source="manifest", manifest="m.csv", unpaired=True,
+                             modalities=["ct", "mr"])
+    config["methods"]["ummkd_u"] = {"kind": "ummkd", "unpaired": True}
+    config["students"] = {"subsets": ["ct", "mr"], "methods": ["baseline", "ummkd_u"]}
+    kdcfg.check_config(config)
+    assert not kdcfg.has_teacher(config)
+    config["students"]["subsets"] = ["ct+mr"]
+    with pytest.raises(kdcfg.ConfigError, match=r"'ct\+mr' needs cases carrying several"):
+        kdcfg.check_config(config)
+    config["students"] = {"subsets": ["ct"], "methods": ["ummkd"]}
+    with pytest.raises(kdcfg.ConfigError, match="set unpaired: true"):
+        kdcfg.check_config(config)
+
+
+@pytest.mark.parametrize("dataset, message", [
+    ({"source": "msd", "root": None}, "dataset.root is required"),
+    ({"source": "manifest"}, "dataset.manifest"),
+    ({"source": "brats", "root": "x", "unpaired": True}, "only a manifest"),
+    ({"source": "brats", "root": "x", "labels": {"name": "m", "classes": {"a": 1, "b": 2}}},
+     "must be stored as 0"),
+])
+def test_dataset_checks_name_the_key(config: dict, dataset: dict, message: str) -> None:
+    config["dataset"].update(dataset)
+    with pytest.raises(kdcfg.ConfigError, match=message):
+        kdcfg.check_config(config)

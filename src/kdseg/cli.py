@@ -216,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder layout and label numbering of a real dataset (default brats)")
     s.add_argument("--orientation", default="native",
                    choices=["native", "lps", "ras", "oblique", "permuted", "mixed"],
-                   help="geometry of the written files; mixed cycles native, lps, oblique, "
+                   help="geometry of the written files; mixed cycles native, ras, oblique, "
                         "permuted over the cases (default native: as generated)")
     s.add_argument("--anisotropic", action="store_true",
                    help="keep every second axial slice (slice spacing doubled)")

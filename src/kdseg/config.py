@@ -304,6 +304,11 @@ def _check_dataset(config: Mapping[str, Any]) -> None:
 def _check_unpaired_methods(config: Mapping[str, Any]) -> None:
     """On unpaired data only single-stream ``baseline`` and ``ummkd`` in unpaired mode work:
     every other method (and the teacher) needs all modalities of one case at once."""
+    for subset in student_subsets(config):
+        if "+" in subset:
+            raise ConfigError(f"students.subsets: {subset!r} needs cases carrying several "
+                              f"modalities, but dataset.unpaired is true (each case has one); "
+                              f"use single modalities")
     for name, block in resolved_methods(config).items():
         if block["kind"] == "baseline":
             continue

@@ -176,7 +176,7 @@ def test_told_naming_overrides_detection(tmp_path: Path) -> None:
 
 def test_told_naming_that_does_not_match_finds_nothing(tmp_path: Path) -> None:
     write_brats_case(tmp_path / "c1")
-    with pytest.raises(DataError, match="empty dataset: no cases found") as err:
+    with pytest.raises(DataError, match="empty dataset folder: no cases found") as err:
         find_dataset(DatasetSource("brats", tmp_path, MODS, naming="2023"))
     assert str(err.value).startswith(f"{tmp_path}: ")
 
@@ -537,11 +537,76 @@ def test_make_splits_strata_keep_every_group_in_train_and_test(folds: int) -> No
         assert [c for c in merged["test"] if strata[c] == "flair"] == part["test"]
 
 
-def test_make_splits_strata_too_small_group_is_named() -> None:
-    cases = [f"S{i}" for i in range(6)]
-    strata = {c: ("t1ce" if i < 4 else "flair") for i, c in enumerate(cases)}
-    with pytest.raises(ValueError, match="cases with modalities flair: need at least 3 cases"):
-        make_splits(cases, 1, 0.3, 0.2, 0, strata=strata)
+def test_make_splits_strata_too_small_are_merged_into_the_largest() -> None:
+    """Two fully paired cases in an unpaired dataset cannot be split on their own: they join
+    the largest stratum instead of making the whole dataset unsplittable."""
+    cases = [f"S{i}" for i in range(10)]
+    strata = {c: ("t1ce" if i < 4 else "flair" if i < 8 else "flair+t1ce")
+              for i, c in enumerate(cases)}
+    (split,) = make_splits(cases, 1, 0.3, 0.2, 0, strata=strata)
+    assigned = split["train"] + split["val"] + split["test"]
+    assert sorted(assigned) == sorted(cases)
+    for group in ("t1ce", "flair"):
+        members = {c for c in cases if strata[c] == group}
+        assert members & set(split["train"]) and members & set(split["test"])
     # A single stratum is the plain split.
     same = dict.fromkeys(cases, "t1ce")
     assert make_splits(cases, 1, 0.3, 0.2, 0, same) == make_splits(cases, 1, 0.3, 0.2, 0)
+
+
+# ------------------------------------------------------------------ review fixes (regressions)
+
+
+def test_resume_redoes_cases_whose_modality_mapping_changed(tmp_path: Path) -> None:
+    """Same files, other volume -> modality mapping: the arrays must follow, not be resumed."""
+    root, out = tmp_path / "msd", tmp_path / "out"
+    write_msd(root, ["BRATS_001", "BRATS_002", "BRATS_003"],
+              {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"})
+    for label in (root / "labelsTr").glob("*.nii.gz"):  # MSD values: 1, 2, 3
+        save(label, np.minimum(label_data(), 3))
+    first = DatasetSource("msd", root, MODS)
+    preprocess_source(first, out, MSD_BRATS, progress=False)
+    before = np.load(out / "BRATS_001_image.npy")
+    swapped = DatasetSource("msd", root, MODS, modality_files={"t1": "T2w", "t2": "T1w"})
+    preprocess_source(swapped, out, MSD_BRATS, progress=False)
+    after = np.load(out / "BRATS_001_image.npy")
+    t1, t2 = MODS.index("t1"), MODS.index("t2")
+    np.testing.assert_array_equal(after[t1], before[t2])
+    np.testing.assert_array_equal(after[t2], before[t1])
+
+
+def test_msd_two_modalities_on_one_volume_is_an_error(tmp_path: Path) -> None:
+    root = tmp_path / "msd"
+    write_msd(root, ["BRATS_001"], {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"})
+    source = DatasetSource("msd", root, MODS, modality_files={"t1": "T2w"})
+    with pytest.raises(DataError, match=r"'t1' and 't2' both map to volume 3"):
+        find_dataset(source)
+
+
+def test_manifest_skips_empty_rows_and_reads_windows_paths(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    for channel, mod in enumerate(MODS):
+        save(root / "img" / f"c1_{mod}.nii.gz", image_data(channel))
+    save(root / "lab" / "c1_seg.nii.gz", label_data())
+    cells = [f"img\\c1_{m}.nii.gz" for m in MODS]
+    table = write_table(root / "m.csv", [["case", *MODS, "label"],
+                                          ["c1", *cells, "lab\\c1_seg.nii.gz"],
+                                          [""] * (len(MODS) + 2)])
+    cases, problems = find_dataset(DatasetSource("manifest", root, MODS, manifest=table))
+    assert not problems
+    assert ids(cases) == ["c1"] and cases[0].images["t1"] == root / "img" / "c1_t1.nii.gz"
+
+
+def test_custom_label_map_order_does_not_depend_on_the_mapping_order() -> None:
+    a = get_convention({"name": "m", "classes": {"RV": 600, "background": 0, "LV": 500},
+                        "regions": {"RV": [600], "heart": [600, 500], "LV": 500}})
+    b = get_convention({"name": "m", "classes": {"LV": 500, "RV": 600, "background": 0},
+                        "regions": {"LV": [500], "RV": [600], "heart": [500, 600]}})
+    assert a == b
+    assert a.label_values == (0, 500, 600) and a.class_names == ("background", "LV", "RV")
+    assert a.region_names == ("heart", "LV", "RV") and a.label_dtype == np.uint16
+    brats_like = get_convention({"name": "b", "classes": {"bg": 0, "NCR": 1, "ED": 2, "ET": 4},
+                                 "regions": {"ET": [4], "WT": [1, 2, 4], "TC": [1, 4]}})
+    assert brats_like.region_names == ("WT", "TC", "ET")
+    with pytest.raises(ValueError, match="at most 256 classes"):
+        get_convention({"name": "x", "classes": {f"c{i}": i for i in range(300)}})

@@ -515,7 +515,7 @@ def test_empty_folder_and_folder_without_cases(tmp_path: Path, untouched, conten
         save(raw / "c1" / "other_t1.nii.gz", image_data())  # not <case>_<modality>
     if kind == "brats":
         source = DatasetSource("brats", raw, MODS)
-        text = "empty dataset: no cases found for modalities ['t1', 't1ce', 't2', 'flair']"
+        text = "empty dataset folder: no cases found for modalities ['t1', 't1ce', 't2', 'flair']"
     else:
         table = write_manifest(raw, [])
         source = DatasetSource("manifest", raw, MODS, manifest=table)
@@ -634,3 +634,24 @@ def test_problems_across_adapter_and_reading_share_one_table(tmp_path: Path, unt
         ("c1", table), ("c2", table), ("c3", raw / "files" / "c3_flair.nii.gz")]
     assert [p.problem.split(":")[0] for p in err.problems[:2]] == ["line 5", "line 3"]
     assert "manifest.csv" in str(err) and "files/c3_flair.nii.gz" in str(err)
+
+
+def test_nothing_left_after_resampling_is_a_problem_of_that_case(tmp_path: Path,
+                                                                  untouched) -> None:
+    """A speck of brain that a coarse target spacing loses: reported with the other problems
+    (not a crash halfway through the pass)."""
+    from kdseg.data.preprocess import PreprocessOptions
+
+    source = brats(tmp_path / "raw", "c1", "c2")
+    speck = np.zeros(SHAPE, dtype=np.float32)
+    speck[0, 0, 0] = 5.0
+    for mod in MODS:
+        save(tmp_path / "raw" / "c2" / f"c2_{mod}.nii.gz", speck)
+    save(tmp_path / "raw" / "c2" / "c2_seg.nii.gz", np.zeros(SHAPE, dtype=np.uint8))
+    untouched(Path(source.root))
+    with pytest.raises(DataError) as err:
+        preprocess_source(source, tmp_path / "out", BRATS_LEGACY,
+                          PreprocessOptions(target_spacing=(9.0, 9.0, 9.0)), progress=False)
+    assert [p.case_id for p in err.value.problems] == ["c2"]
+    assert "no brain voxel left" in str(err.value)
+    assert not (tmp_path / "out" / "manifest.csv").exists()

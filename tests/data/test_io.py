@@ -9,10 +9,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from kdseg.data.adapters import DatasetSource, find_dataset
 from kdseg.data.io import (
     CaseFiles,
     DataError,
-    find_cases,
     load_case,
     read_case,
 )
@@ -61,6 +61,17 @@ def files_of(root: Path, case_id: str) -> CaseFiles:
 
 
 # ------------------------------------------------------------------------------- find_cases
+
+
+def find_cases(root: Path, modalities: list[str] | tuple[str, ...],
+               require_label: bool = True) -> list[CaseFiles]:
+    """The BraTS adapter's cases; its problems raised as one DataError (what preprocessing
+    reports)."""
+    source = DatasetSource("brats", Path(root), tuple(modalities), require_label=require_label)
+    cases, problems = find_dataset(source)
+    if problems:
+        raise DataError.from_problems(problems, Path(root))
+    return cases
 
 
 def test_find_cases_sorted_and_ignores_non_case_folders(tmp_path: Path) -> None:

@@ -284,3 +284,18 @@ def test_hidden_temp_files_of_an_interrupted_writer_are_not_cases(tmp_path: Path
     (tmp_path / "A.nii.gz").write_bytes(b"")
     (tmp_path / ".B.partial-0123456789ab.nii.gz").write_bytes(b"")
     assert discover_cases(tmp_path) == ["A"]
+
+
+def test_reference_mapping_and_singleton_fourth_axis(tmp_path: Path) -> None:
+    """References given per case (what preprocessing recorded, any layout), one of them stored
+    as (X, Y, Z, 1) as some tools write label maps: evaluated like a 3-D file."""
+    pred_dir = tmp_path / "pred"
+    write_nifti(pred_dir / "a.nii.gz", tumour())
+    write_nifti(pred_dir / "b.nii.gz", tumour())
+    ref_a = write_nifti(tmp_path / "anywhere" / "x.nii.gz", tumour())
+    ref_b = write_nifti(tmp_path / "elsewhere" / "y.nii.gz", tumour()[..., None])
+    df = evaluate_folder(pred_dir, {"a": ref_a, "b": ref_b}, BRATS_LEGACY, progress=False)
+    dice = df[df["metric"] == "dice"]["value"]
+    assert len(dice) == 6 and (dice == 1.0).all()
+    with pytest.raises(ValueError, match="no reference file given for case 'b'"):
+        evaluate_folder(pred_dir, {"a": ref_a}, BRATS_LEGACY, progress=False)

@@ -42,10 +42,8 @@ wildcard_constraints:
 
 
 def as_json(data):
-    """JSON for `params:` (Snakemake reruns a job when its params change). Key order is kept,
-    not sorted: it is deterministic for a given config file and carries meaning in places
-    (the order of a label map's evaluation regions is the order of the tables)."""
-    return json.dumps(data)
+    """Deterministic JSON for `params:` (Snakemake reruns a job when its params change)."""
+    return json.dumps(data, sort_keys=True)
 
 
 def teacher_model(wildcards):

@@ -34,7 +34,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any
 
 from kdseg.data.io import (
@@ -145,7 +145,7 @@ def find_dataset(src: DatasetSource) -> tuple[list[CaseFiles], list[DataProblem]
     else:
         cases, problems = _find_manifest(src)
     if not cases and not problems:
-        raise DataError(f"{root}: empty dataset: no cases found for modalities "
+        raise DataError(f"{root}: empty dataset folder: no cases found for modalities "
                         f"{list(src.modalities)} ({_layout_hint(src)})")
     return sorted(cases, key=lambda c: c.case_id), problems
 
@@ -160,6 +160,20 @@ def case_id_problem(case_id: str) -> str | None:
         return (f"case id {case_id!r} has characters other than letters, digits, '.', '_', '-' "
                 f"(or starts with '.')")
     return None
+
+
+def _id_problems(case: str, seen: dict[str, str], where: str, path: Path,
+                 label: str = "") -> list[DataProblem]:
+    """Problems of a case id: unusable as a file name, or already used (``seen`` maps ids to
+    where they were first found and is updated)."""
+    prefix = f"{label}: " if label else ""
+    bad = case_id_problem(case)
+    if bad:
+        return [DataProblem(case or label, path, f"{prefix}{bad}")]
+    if case in seen:
+        return [DataProblem(case, path, f"{prefix}duplicate case id (also {seen[case]})")]
+    seen[case] = where
+    return []
 
 
 def _layout_hint(src: DatasetSource) -> str:
@@ -221,7 +235,7 @@ def _find_brats(src: DatasetSource, naming: str) -> tuple[list[CaseFiles], list[
     suffix = {m: src.modality_files.get(m, default.get(m, m)) for m in src.modalities}
     cases: list[CaseFiles] = []
     problems: list[DataProblem] = []
-    seen: dict[str, Path] = {}
+    seen: dict[str, str] = {}
     for folder in _case_folders(root):
         case = folder.name
         images = {m: _existing(folder, f"{case}{sep}{suffix[m]}") for m in src.modalities}
@@ -234,12 +248,7 @@ def _find_brats(src: DatasetSource, naming: str) -> tuple[list[CaseFiles], list[
         if label is None and src.require_label:
             found.append(DataProblem(case, folder / f"{case}{sep}{LABEL_SUFFIX}"
                                      f"{NIFTI_EXTENSIONS[0]}", "missing label file"))
-        bad_id = case_id_problem(case)
-        if bad_id:
-            found.append(DataProblem(case, folder, bad_id))
-        elif case in seen:
-            found.append(DataProblem(case, folder, f"duplicate case id (also {seen[case]})"))
-        seen.setdefault(case, folder)
+        found += _id_problems(case, seen, str(folder), folder)
         problems += found
         if not found:
             cases.append(CaseFiles(case, {m: p for m, p in images.items() if p}, label))
@@ -254,6 +263,8 @@ def _inside(root: Path, relative: str) -> Path | None:
     resolved. The check is lexical: a symbolic link inside the dataset folder may point
     elsewhere (datasets on shared drives are often linked), a ``..`` may not climb out."""
     base = Path(os.path.abspath(root))
+    if "\\" in relative and os.sep == "/":  # a table written on Windows: images\\x.nii.gz
+        relative = PureWindowsPath(relative).as_posix()
     path = Path(os.path.normpath(base / relative))  # base / an absolute path = that path
     return path if path.is_relative_to(base) else None
 
@@ -261,7 +272,7 @@ def _inside(root: Path, relative: str) -> Path | None:
 def _msd_volumes(src: DatasetSource, names: Mapping[str, str], where: Path) -> dict[str, int]:
     """kdseg modality -> volume index, from dataset.json's ``modality`` block."""
     by_name = {str(name).lower(): int(index) for index, name in names.items()}
-    volumes = {}
+    volumes: dict[str, int] = {}
     for m in src.modalities:
         wanted = src.modality_files.get(m)
         candidates = (wanted.lower(),) if wanted else MSD_ALIASES.get(m, (m.lower(),))
@@ -269,6 +280,10 @@ def _msd_volumes(src: DatasetSource, names: Mapping[str, str], where: Path) -> d
         if not hits:
             raise DataError(f"{where}: no modality in its 'modality' block {dict(names)} matches "
                             f"{m!r}; map it with dataset.modality_files ({m}: <name>)")
+        twin = [other for other, v in volumes.items() if v == hits[0]]
+        if twin:
+            raise DataError(f"{where}: modalities {twin[0]!r} and {m!r} both map to volume "
+                            f"{hits[0]} ({names.get(str(hits[0]))!r}); fix dataset.modality_files")
         volumes[m] = hits[0]
     return volumes
 
@@ -284,21 +299,21 @@ def _find_msd(src: DatasetSource) -> tuple[list[CaseFiles], list[DataProblem]]:
         raise DataError(f"{meta_path}: missing (an MSD dataset folder holds dataset.json)"
                         ) from None
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise DataError(f"{meta_path}: not a valid MSD dataset.json ({err!r})") from None
+        hint = ""
+        if isinstance(err, KeyError) and "channel_names" in meta_path.read_text():
+            hint = ("; this looks like an nnU-Net v2 dataset (one file per channel): list its "
+                    "files in a manifest and use source: manifest")
+        raise DataError(f"{meta_path}: not a valid MSD dataset.json (missing or bad "
+                        f"{err!s}){hint}") from None
     volumes = _msd_volumes(src, names, meta_path)
-    cases, problems, seen = [], [], {}
+    cases: list[CaseFiles] = []
+    problems: list[DataProblem] = []
+    seen: dict[str, str] = {}
     for row, entry in enumerate(entries):
         image_rel = str(entry.get("image", "")) if isinstance(entry, dict) else ""
         case = Path(image_rel).name.removesuffix(".gz").removesuffix(".nii")
         where = f"training[{row}]"
-        found: list[DataProblem] = []
-        bad_id = case_id_problem(case)
-        if bad_id:
-            found.append(DataProblem(case or where, meta_path, f"{where}: {bad_id}"))
-        elif case in seen:
-            found.append(DataProblem(case, meta_path,
-                                     f"{where}: duplicate case id (also training[{seen[case]}])"))
-        seen.setdefault(case, row)
+        found = _id_problems(case, seen, where, meta_path, where)
         image = _inside(root, image_rel) if image_rel else None
         label_rel = entry.get("label") if isinstance(entry, dict) else None
         label = _inside(root, str(label_rel)) if label_rel else None
@@ -349,18 +364,15 @@ def _find_manifest(src: DatasetSource) -> tuple[list[CaseFiles], list[DataProble
     if absent:
         raise DataError(f"{table}: manifest lacks column(s) {absent}; it has {header} "
                         f"(map modality names to columns with dataset.modality_files)")
-    cases, problems, seen = [], [], {}
+    cases: list[CaseFiles] = []
+    problems: list[DataProblem] = []
+    seen: dict[str, str] = {}
     for number, row in enumerate(rows, start=2):  # line 1 is the header
         case = row.get("case", "")
         where = f"line {number}"
-        found: list[DataProblem] = []
-        bad_id = case_id_problem(case)
-        if bad_id:
-            found.append(DataProblem(case or where, table, f"{where}: {bad_id}"))
-        elif case in seen:
-            found.append(DataProblem(case, table,
-                                     f"{where}: duplicate case id (also line {seen[case]})"))
-        seen.setdefault(case, number)
+        if not any(row.values()):
+            continue  # an empty row (spreadsheets export trailing ",,,," lines)
+        found = _id_problems(case, seen, where, table, where)
         images: dict[str, Path] = {}
         for m, col in column.items():
             cell = row.get(col, "")

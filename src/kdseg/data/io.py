@@ -1,14 +1,10 @@
-"""Find, read and check BraTS-layout NIfTI cases.
+"""Read and check the NIfTI files of one case (whatever layout an adapter found them in).
 
-Layout (BraTS 2018–2021)::
-
-    root/<case>/<case>_<modality>.nii.gz    one file per modality (t1, t1ce, t2, flair, ...)
-    root/<case>/<case>_seg.nii.gz           label map (absent for unlabelled inference data)
-
-Uncompressed ``.nii`` files are accepted as a fallback (some BraTS redistributions use them).
-Every problem with the input raises :class:`DataError`, whose message starts with the offending
-path. :func:`scan_cases` and :func:`read_case` collect problems instead of stopping at the first,
-so a validation pass can report everything wrong with a dataset in one go.
+:class:`CaseFiles` (what :mod:`kdseg.data.adapters` finds) -> :class:`LoadedCase` (arrays in
+memory). Every problem with the input is a :class:`DataProblem` naming the file;
+:func:`read_case` collects them instead of stopping at the first, so a validation pass can report
+everything wrong with a dataset in one go, and :class:`DataError` carries them as one message
+whose first line starts with the offending path (or the dataset folder, above a table).
 """
 
 from __future__ import annotations
@@ -142,78 +138,6 @@ def check_modalities(modalities: Sequence[str]) -> tuple[str, ...]:
     if LABEL_SUFFIX in mods:
         raise ValueError(f"modalities: {LABEL_SUFFIX!r} names the label file, not a modality")
     return mods
-
-
-def expected_path(folder: Path, case_id: str, suffix: str) -> Path:
-    """The canonical file name of one case file: ``folder/<case>_<suffix>.nii.gz``."""
-    return folder / f"{case_id}_{suffix}{NIFTI_EXTENSIONS[0]}"
-
-
-def _existing_file(folder: Path, case_id: str, suffix: str) -> Path | None:
-    for ext in NIFTI_EXTENSIONS:
-        candidate = folder / f"{case_id}_{suffix}{ext}"
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def scan_cases(
-    root: Path, modalities: Sequence[str], require_label: bool = True
-) -> tuple[list[CaseFiles], list[DataProblem]]:
-    """Complete cases under ``root`` (sorted by id) and the problems of incomplete ones.
-
-    Sub-folders holding none of the expected files, hidden folders and plain files are ignored.
-    Raises DataError only for problems that concern the whole dataset (missing root, no cases).
-    """
-    root = Path(root)
-    mods = check_modalities(modalities)
-    if not root.exists():
-        raise DataError(f"{root}: dataset folder does not exist")
-    if not root.is_dir():
-        raise DataError(f"{root}: dataset path is not a folder")
-    cases: list[CaseFiles] = []
-    problems: list[DataProblem] = []
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    for folder in folders:
-        case_id = folder.name
-        images = {m: _existing_file(folder, case_id, m) for m in mods}
-        label = _existing_file(folder, case_id, LABEL_SUFFIX)
-        if label is None and all(path is None for path in images.values()):
-            continue  # not a case folder (e.g. documentation, a results folder)
-        case_problems = [
-            DataProblem(case_id, expected_path(folder, case_id, m), f"missing {m!r} image file")
-            for m, path in images.items()
-            if path is None
-        ]
-        if label is None and require_label:
-            case_problems.append(
-                DataProblem(
-                    case_id,
-                    expected_path(folder, case_id, LABEL_SUFFIX),
-                    "missing label file (for unlabelled data do not require labels)",
-                )
-            )
-        problems.extend(case_problems)
-        if not case_problems:
-            found = {m: path for m, path in images.items() if path is not None}
-            cases.append(CaseFiles(case_id=case_id, images=found, label=label))
-    if not cases and not problems:
-        pattern = root / "<case>" / f"<case>_<modality>{NIFTI_EXTENSIONS[0]}"
-        raise DataError(
-            f"{root}: empty dataset folder: no case folders matching {pattern} "
-            f"for modalities {list(mods)}"
-        )
-    return cases, problems
-
-
-def find_cases(
-    root: Path, modalities: Sequence[str], require_label: bool = True
-) -> list[CaseFiles]:
-    """Cases under ``root`` sorted by case id; DataError listing every incomplete case."""
-    cases, problems = scan_cases(root, modalities, require_label)
-    if problems:
-        raise DataError.from_problems(problems, Path(root))
-    return cases
 
 
 def _file_error(case_id: str, path: Path, problem: str) -> DataError:

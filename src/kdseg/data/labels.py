@@ -88,10 +88,12 @@ def convention_from_mapping(
         classes: {background: 0, LV: 500, MYO: 205, RV: 600}   # class name -> stored value
         regions: {LV: [500], MYO: [205], RV: [600]}   # evaluation region -> stored values
 
-    Training classes ``0..K-1`` follow the stored values in ascending order (so the order of the
-    mapping, which YAML/JSON tools may not keep, never matters); value 0 is the background and
-    must be present. ``regions`` keeps its order (the order of the tables) and defaults to one
-    region per foreground class. Errors name ``where`` and the offending key.
+    Training classes ``0..K-1`` follow the stored values in ascending order, and regions are
+    ordered by how many label values they hold (largest first: WT, TC, ET for nested tumour
+    regions), ties by name. Neither depends on the order of a mapping, which YAML/JSON tools
+    (and Snakemake's params) may not keep. Value 0 is the background and must be present;
+    ``regions`` defaults to one region per foreground class. At most 256 classes. Errors name
+    ``where`` and the offending key.
     """
     known = {"name", "classes", "regions"}
     unknown = sorted(set(spec) - known)
@@ -112,6 +114,8 @@ def convention_from_mapping(
                          f"got {values}")
     if len(set(values)) != len(values):
         raise ValueError(f"{where}.classes: repeated stored values in {values}")
+    if len(values) > 256:
+        raise ValueError(f"{where}.classes: at most 256 classes, got {len(values)}")
     ordered = sorted(classes.items(), key=lambda item: item[1])
     names = [str(k) for k, _ in ordered]
     values = [v for _, v in ordered]
@@ -126,7 +130,8 @@ def convention_from_mapping(
         if not members or stray:
             raise ValueError(f"{where}.regions.{region}: values {stray or members} are not "
                              f"foreground values of {where}.classes ({values[1:]})")
-        regions[str(region)] = tuple(int(v) for v in members)
+        regions[str(region)] = tuple(sorted(int(v) for v in set(members)))
+    regions = dict(sorted(regions.items(), key=lambda item: (-len(item[1]), item[0])))
     return LabelConvention(name=name, label_values=tuple(values), class_names=tuple(names),
                            regions=regions)
 

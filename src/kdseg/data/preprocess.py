@@ -35,7 +35,7 @@ from nibabel.affines import voxel_sizes
 from tqdm import tqdm
 
 import kdseg
-from kdseg.data.adapters import DatasetSource, find_dataset
+from kdseg.data.adapters import DatasetSource, detect_brats_naming, find_dataset
 from kdseg.data.geometry import (
     CaseGeometry,
     brain_bbox,
@@ -125,7 +125,8 @@ def zscore_in_mask(
         )
     mask = mask.astype(bool, copy=False)
     if not mask.any():
-        raise ValueError("z-score mask is empty")
+        raise ValueError("no brain voxel left (z-score mask is empty; a target_spacing coarser "
+                         "than the case?)")
     out = np.zeros(image.shape, dtype=np.float32)
     stats: list[tuple[float, float]] = []
     for channel, values in enumerate(image):
@@ -264,7 +265,8 @@ def foreground_sample(classes: np.ndarray) -> np.ndarray:
 
 
 def _source_files(files: CaseFiles) -> dict[str, dict[str, Any]]:
-    """Provenance of the inputs: absolute path, size and mtime (ns) per modality and label."""
+    """Provenance of the inputs per modality and label: absolute path, size, mtime (ns), and
+    for a modality inside a 4-D file its volume index."""
     named = dict(files.images)
     if files.label is not None:
         named[LABEL_SUFFIX] = files.label
@@ -272,6 +274,8 @@ def _source_files(files: CaseFiles) -> dict[str, dict[str, Any]]:
     for key, path in named.items():
         stat = path.stat()
         out[key] = {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        if key in files.volumes:
+            out[key]["volume"] = files.volumes[key]
     return out
 
 
@@ -300,8 +304,10 @@ def _plain(obj: Any) -> Any:
 def _up_to_date_record(out_dir: Path, files: CaseFiles, settings: dict) -> dict | None:
     """The existing case json if the outputs can be reused, else None.
 
-    Reusable when all outputs exist, the settings match and every source file has the recorded
-    size and mtime (size+mtime, not a content hash: hashing would read every case again).
+    Reusable when all outputs exist, the settings match and every modality and the label come
+    from the recorded file (path and, in a 4-D file, volume) with the recorded size and mtime
+    (not a content hash: hashing would read every case again). A remapped modality or a moved
+    dataset is therefore redone, and evaluation never reads a stale reference path.
     """
     image_path, label_path, json_path = case_paths(out_dir, files.case_id)
     labelled = [label_path, foreground_path(out_dir, files.case_id)]
@@ -314,16 +320,8 @@ def _up_to_date_record(out_dir: Path, files: CaseFiles, settings: dict) -> dict 
         return None  # unreadable record: redo the case
     if any(record.get(key) != value for key, value in settings.items()):
         return None
-    recorded = record.get("source_files", {})
-    current = _source_files(files)
-    if set(recorded) != set(current):
+    if record.get("source_files") != _source_files(files):
         return None
-    for key, info in current.items():
-        if (recorded[key].get("size"), recorded[key].get("mtime_ns")) != (
-            info["size"],
-            info["mtime_ns"],
-        ):
-            return None
     return record
 
 
@@ -426,7 +424,6 @@ def _fingerprint(
         "label_convention": convention.name,
         "label_values": list(convention.label_values),
         "class_names": list(convention.class_names),
-        "regions": {k: list(v) for k, v in convention.regions.items()},
         "margin": options.margin,
         "target_spacing": list(options.target_spacing) if options.target_spacing else None,
         "n_cases": len(records),
@@ -454,7 +451,8 @@ def preprocess_source(
 
     Writes per case ``<case>_image.npy`` (float32 ``(C, x, y, z)``, channel order =
     ``source.modalities``; zero channels for modalities an unpaired case lacks),
-    ``<case>_label.npy`` (uint8 classes ``(x, y, z)``, labelled cases only) and ``<case>.json``
+    ``<case>_label.npy`` (uint8 classes ``(x, y, z)``) and ``<case>_fg.npy`` (sampled foreground
+    coordinates ``(N, 3)`` for patch sampling; both labelled cases only) and ``<case>.json``
     (geometry, settings, z-score stats, source files, voxels per class); then ``manifest.csv``
     and ``dataset.json``. All writes are atomic.
 
@@ -485,16 +483,19 @@ def preprocess_source(
                 continue
             try:
                 record = _write_case(case, files, convention, options, out_dir)
-            except DataError as err:  # e.g. a label-less, all-zero crop
+            except ValueError as err:  # DataError too: e.g. nothing left after resampling
                 problems.append(DataProblem(files.case_id, files.label or
-                                            next(iter(files.images.values())), str(err)))
+                                            next(iter(files.images.values())),
+                                            str(err).removeprefix(f"{files.case_id}: ")))
                 continue
         records.append(record)
     if problems:  # one table, case by case; file paths shown relative to the dataset folder
         problems.sort(key=lambda problem: problem.case_id)
         for derived in ("manifest.csv", "dataset.json"):  # from an earlier, clean state of the
             (out_dir / derived).unlink(missing_ok=True)  # data: it no longer describes them
-        raise DataError.from_problems(problems, Path(os.path.abspath(source.root)))
+        error = DataError.from_problems(problems, Path(os.path.abspath(source.root)))
+        hint = _label_hint(source, convention, problems)
+        raise DataError(f"{error}\n{hint}" if hint else str(error), problems)
     if source.unpaired:
         _check_unpaired(records, mods, Path(source.root))
 
@@ -508,6 +509,16 @@ def preprocess_source(
     _atomic_write_bytes(out_dir / "dataset.json", _json_bytes(fingerprint))
     _atomic_write_bytes(out_dir / "manifest.csv", csv_bytes)  # last: the workflow's target
     return manifest
+
+
+def _label_hint(source: DatasetSource, convention: LabelConvention,
+                problems: list[DataProblem]) -> str:
+    """A hint when BraTS 2023 files (ET = 3) are read with the 2017–2021 convention."""
+    if (source.source == "brats" and convention.name == "brats"
+            and any("unexpected label values [3]" in p.problem for p in problems)
+            and (source.naming == "2023" or detect_brats_naming(source.root) == "2023")):
+        return ("hint: these are BraTS 2023 files (ET = 3): set dataset.labels: brats2023")
+    return ""
 
 
 def _check_unpaired(records: list[dict], modalities: tuple[str, ...], root: Path) -> None:

@@ -32,9 +32,7 @@ def make_splits(cases: Sequence[str], folds: int, test_fraction: float, val_frac
     the folds are merged group by group.
     """
     if strata is not None and len(set(strata[c] for c in cases)) > 1:
-        groups: dict[str, list[str]] = {}
-        for case in sorted(set(cases)):
-            groups.setdefault(strata[case], []).append(case)
+        groups = _viable_groups(cases, strata, folds)
         merged = [{"fold": f, "train": [], "val": [], "test": []} for f in range(folds)]
         for name, members in sorted(groups.items()):
             try:
@@ -130,6 +128,24 @@ def read_split_file(path: Path, cases: Sequence[str]) -> dict[str, Any]:
     if left_out:
         print(f"{path}: {len(left_out)} dataset case(s) are in no split and are not used")
     return split
+
+
+def _viable_groups(cases: Sequence[str], strata: Mapping[str, str],
+                   folds: int) -> dict[str, list[str]]:
+    """Cases by stratum; strata too small to split on their own (fewer than ``max(3, folds)``
+    cases, e.g. a few fully paired cases in an unpaired dataset) go into the largest one."""
+    groups: dict[str, list[str]] = {}
+    for case in sorted(set(cases)):
+        groups.setdefault(strata[case], []).append(case)
+    need = max(3, folds)
+    small = sorted(name for name, members in groups.items() if len(members) < need)
+    large = [name for name in groups if name not in small]
+    if small and large:
+        target = max(large, key=lambda name: (len(groups[name]), name))
+        for name in small:
+            groups[target] += groups.pop(name)
+        groups[target].sort()
+    return groups
 
 
 def write_splits(splits: list[dict], path: Path) -> None:

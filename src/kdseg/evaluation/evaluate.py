@@ -126,8 +126,15 @@ def load_labels(img: nib.Nifti1Image, path: Path, convention: LabelConvention) -
     elif not np.issubdtype(data.dtype, np.integer):
         raise ValueError(f"{path}: label map has non-numeric dtype {data.dtype}")
     convention.check_values(data, str(path))
-    # Validated values fit any integer type; int16 keeps full-size BraTS arrays small.
-    return data.astype(np.int16, copy=False)
+    # Validated values; int16 keeps full-size BraTS arrays small (int32 for wide label maps).
+    wide = max(convention.label_values) > np.iinfo(np.int16).max
+    return data.astype(np.int32 if wide else np.int16, copy=False)
+
+
+def _as_3d(img: nib.Nifti1Image) -> nib.Nifti1Image:
+    """A label file with a trailing singleton axis ``(X, Y, Z, 1)`` (some tools write them, and
+    preprocessing accepts them) as the 3-D image it is; anything else unchanged."""
+    return img.slicer[..., 0] if len(img.shape) == 4 and img.shape[3] == 1 else img
 
 
 def evaluate_file_pair(
@@ -142,7 +149,7 @@ def evaluate_file_pair(
 
     Spacing is taken from the reference header zooms; ``nsd_tolerance_mm`` is in mm.
     """
-    pred_img, ref_img = nib.load(pred_path), nib.load(ref_path)
+    pred_img, ref_img = _as_3d(nib.load(pred_path)), _as_3d(nib.load(ref_path))
     _check_geometry(pred_img, ref_img, pred_path, ref_path)
     pred = load_labels(pred_img, pred_path, convention)
     ref = load_labels(ref_img, ref_path, convention)
