@@ -21,22 +21,6 @@ if SYNTHETIC:
             " --no-enhancing-fraction {params.spec[no_enhancing_fraction]} > {log} 2>&1"
 
 
-def dataset_blocks():
-    """The config keys preprocessing reads, and only those: they are params, so a change
-    reruns preprocessing and with it every training job. Evaluation regions, the dataset's
-    name and interpolation settings without resampling do not change the arrays."""
-    dataset = {k: v for k, v in config["dataset"].items() if k not in ("synthetic", "name")}
-    if isinstance(dataset["labels"], dict):
-        dataset["labels"] = {k: v for k, v in dataset["labels"].items() if k != "regions"}
-    if SYNTHETIC:
-        dataset["root"] = f"{DATA}/raw"
-    preprocess = dict(config["preprocess"])
-    if preprocess.get("target_spacing") is None:
-        preprocess.pop("image_interpolation", None)
-        preprocess.pop("label_interpolation", None)
-    return as_json({"dataset": dataset, "preprocess": preprocess})
-
-
 rule preprocess:
     input:
         raw=f"{DATA}/raw" if SYNTHETIC else [],
