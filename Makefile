@@ -11,7 +11,7 @@ SNAKEMAKE_ARGS ?=
 $(BIN)/kdseg-installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,cluster]'
 	touch $@
 
 run: $(BIN)/kdseg-installed
