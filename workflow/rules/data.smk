@@ -28,6 +28,10 @@ rule preprocess:
     output:
         manifest=f"{DATA}/preprocessed/manifest.csv",
         fingerprint=f"{DATA}/preprocessed/dataset.json",
+    resources:
+        # one case in memory (about 4x its float32 size: < 1 GB for BraTS), ~1 s per case
+        mem_mb=lambda w, attempt: 3000 * attempt,
+        runtime=lambda w, attempt: 60 * attempt,
     params:
         blocks=dataset_blocks(),
     log:
@@ -35,6 +39,10 @@ rule preprocess:
     shell:
         "python -m kdseg preprocess --config-json {params.blocks:q}"
         " --out $(dirname {output.manifest}) > {log} 2>&1"
+
+
+localrules:
+    make_splits,
 
 
 rule make_splits:

@@ -13,6 +13,7 @@ rule predict:
     resources:
         gpu=config["resources"]["gpu_per_training_job"],
         mem_mb=lambda w, attempt: 4000 * attempt,
+        runtime=lambda w, attempt: 60 * attempt,
     log:
         f"{LOGS}/{{run}}.predict.log",
     shell:
@@ -27,6 +28,9 @@ rule evaluate:
         tracking=ancient(TRACKING_JSON),
     output:
         f"{DATA}/runs/{{run}}/metrics_per_case.csv",
+    resources:
+        mem_mb=lambda w, attempt: 2000 * attempt,
+        runtime=lambda w, attempt: 30 * attempt,
     params:
         empty_rule=config["evaluation"]["empty_rule"],
         nsd_tolerance_mm=config["evaluation"]["nsd_tolerance_mm"],
