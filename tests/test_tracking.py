@@ -639,3 +639,12 @@ def test_parallel_processes_lose_no_metric(store: Store, client, tmp_path) -> No
         (run,) = _runs_with_key(client, store.experiment_id, key)
         steps = [step for step, _ in _history(client, run.info.run_id, "train/loss")]
         assert steps == list(range(N_STEPS))
+
+
+def test_server_managed_artifacts_only_with_a_server(tmp_path: Path) -> None:
+    """artifact_root=None leaves artifacts to an MLflow server; with SQLite it is refused."""
+    from kdseg.tracking.experiment import TrackingError, init_tracking
+
+    with pytest.raises(TrackingError, match="only be null with an MLflow server"):
+        init_tracking(f"sqlite:///{tmp_path}/m.db", "kdseg", None)
+    assert not (tmp_path / "m.db").exists()

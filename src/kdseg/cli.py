@@ -87,7 +87,8 @@ def cmd_init_tracking(a: argparse.Namespace) -> None:
     if a.enabled:
         uri = resolve_tracking_uri(a.uri, Path.cwd())
         info.update(uri=uri, experiment=a.experiment,
-                    experiment_id=init_tracking(uri, a.experiment, Path(a.artifact_root)))
+                    experiment_id=init_tracking(
+                        uri, a.experiment, Path(a.artifact_root) if a.artifact_root else None))
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(info, Path(a.out))
     print(json.dumps(info))
@@ -244,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = add("init-tracking", cmd_init_tracking, "create the MLflow DB and experiment once")
     s.add_argument("--uri", required=True)
     s.add_argument("--experiment", required=True)
-    s.add_argument("--artifact-root", required=True)
+    s.add_argument("--artifact-root", help="artifact folder; omit to let an MLflow server "
+                                           "store artifacts (--artifacts-destination)")
     s.add_argument("--out", required=True)
     s.add_argument("--disabled", dest="enabled", action="store_false")
 

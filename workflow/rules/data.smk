@@ -9,6 +9,9 @@ if SYNTHETIC:
         output:
             # The whole folder: changing the generator settings regenerates it from scratch.
             directory(f"{DATA}/raw"),
+        resources:
+            mem_mb=lambda w, attempt: 2000 * attempt,
+            runtime=lambda w, attempt: 60 * attempt,
         params:
             spec=lambda w: config["dataset"]["synthetic"],
             shape=lambda w: " ".join(map(str, config["dataset"]["synthetic"]["shape"])),

@@ -11,6 +11,9 @@ rule summarize:
         **{name.replace(".", "_"): report(f"{SUMMARY}/{name}", category="Tables",
                                           labels={"table": label})
            for name, label in REPORTED_TABLES.items()},
+    resources:
+        mem_mb=lambda w, attempt: 2000 * attempt,
+        runtime=lambda w, attempt: 30 * attempt,
     params:
         runs=" ".join(all_runs()),
         stats=config["statistics"],
@@ -37,6 +40,9 @@ rule report:
             for name in FIGURES
         ],
         pdfs=[f"{REPORT}/figures/{name}.pdf" for name in FIGURES],
+    resources:
+        mem_mb=lambda w, attempt: 4000 * attempt,
+        runtime=lambda w, attempt: 30 * attempt,
     params:
         runs=" ".join(all_runs()),
         config=lambda w: as_json(config),

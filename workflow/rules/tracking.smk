@@ -12,8 +12,10 @@ rule init_tracking:
     params:
         t=config["tracking"],
         disabled="" if config["tracking"]["enabled"] else "--disabled",
+        artifacts=lambda w: (f"--artifact-root {config['tracking']['artifact_root']}"
+                             if config["tracking"]["artifact_root"] else ""),
     log:
         f"{config['results_dir']}/logs/init_tracking.log",
     shell:
         "python -m kdseg init-tracking --uri '{params.t[uri]}' --experiment '{params.t[experiment]}'"
-        " --artifact-root {params.t[artifact_root]} --out {output} {params.disabled} > {log} 2>&1"
+        " {params.artifacts} --out {output} {params.disabled} > {log} 2>&1"

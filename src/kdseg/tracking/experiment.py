@@ -30,7 +30,8 @@ class TrackingError(RuntimeError):
 
 
 def init_tracking(
-    uri: str, experiment: str, artifact_root: Path, *, retry_budget_s: float | None = None
+    uri: str, experiment: str, artifact_root: Path | None, *,
+    retry_budget_s: float | None = None
 ) -> str:
     """Create the tracking DB (SQLite) and the experiment if needed; return the experiment id.
 
@@ -39,19 +40,26 @@ def init_tracking(
     experiment gets the explicit artifact location ``artifact_root.resolve().as_uri()`` (MLflow
     would otherwise use ``./mlruns`` relative to whichever cwd created it). Idempotent: an
     existing experiment is returned as is (a warning is logged if its artifact location differs).
+    ``artifact_root=None`` leaves the location to an MLflow server (``mlflow-artifacts:/``, its
+    ``--artifacts-destination``): jobs on any node then upload artifacts through the server
+    instead of writing to a path that must be shared.
 
     Raises:
         TrackingError: naming the URI, when the backend cannot be reached or set up, or the
             experiment exists in the deleted state.
     """
     budget = _budget(retry_budget_s)
-    artifact_uri = artifact_root.resolve().as_uri()
+    if artifact_root is None and not uri.startswith(("http://", "https://")):
+        raise TrackingError(f"tracking.artifact_root may only be null with an MLflow server "
+                            f"(http:// URI); got {_redact(uri)!r}")
+    artifact_uri = artifact_root.resolve().as_uri() if artifact_root is not None else None
     where = f"MLflow tracking URI {_redact(uri)!r}, experiment {experiment!r}"
     db_path = _sqlite_path(uri)
     try:
         if db_path is not None:
             db_path.parent.mkdir(parents=True, exist_ok=True)
-        artifact_root.mkdir(parents=True, exist_ok=True)
+        if artifact_root is not None:
+            artifact_root.mkdir(parents=True, exist_ok=True)
         client = _retry(lambda: _new_client(uri, allow_create_db=True), "connect", budget)
         experiment_id = _retry(
             lambda: _get_or_create_experiment(client, experiment, artifact_uri),
@@ -65,7 +73,8 @@ def init_tracking(
     return experiment_id
 
 
-def _get_or_create_experiment(client: MlflowClient, name: str, artifact_uri: str) -> str:
+def _get_or_create_experiment(client: MlflowClient, name: str,
+                              artifact_uri: str | None) -> str:
     """Experiment id by name, creating it with ``artifact_uri`` if absent (one attempt)."""
     existing = client.get_experiment_by_name(name)
     if existing is None:
@@ -83,7 +92,7 @@ def _get_or_create_experiment(client: MlflowClient, name: str, artifact_uri: str
             f"experiment {name!r} (id {existing.experiment_id}) is deleted; restore it "
             "(`mlflow experiments restore`) or choose another experiment name"
         )
-    if existing.artifact_location != artifact_uri:
+    if artifact_uri is not None and existing.artifact_location != artifact_uri:
         _LOG.warning(
             "MLflow experiment %r keeps its artifact location %s (requested %s); MLflow cannot "
             "move it",
