@@ -110,15 +110,15 @@ class RunConfig:
         return [self.modalities.index(m) for m in self.input_modalities]
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain(dataclasses.asdict(self))
+        return plain(dataclasses.asdict(self))
 
 
-def _plain(obj: Any) -> Any:
+def plain(obj: Any) -> Any:
     """Tuples -> lists recursively, so YAML/JSON dumps are plain and hashes are stable."""
     if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
+        return {k: plain(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_plain(v) for v in obj]
+        return [plain(v) for v in obj]
     return obj
 
 
@@ -188,7 +188,7 @@ def write_run_config(data: Mapping[str, Any], path: Path) -> None:
 
 def config_hash(data: Mapping[str, Any]) -> str:
     """Stable short hash of a (run) config: part of the MLflow run key."""
-    blob = json.dumps(_plain(dict(data)), sort_keys=True, default=str).encode()
+    blob = json.dumps(plain(dict(data)), sort_keys=True, default=str).encode()
     return hashlib.sha1(blob).hexdigest()[:10]
 
 

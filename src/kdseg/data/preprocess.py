@@ -35,6 +35,7 @@ from nibabel.affines import voxel_sizes
 from tqdm import tqdm
 
 import kdseg
+from kdseg.config import plain
 from kdseg.data.adapters import DatasetSource, detect_brats_naming, find_dataset
 from kdseg.data.geometry import (
     CaseGeometry,
@@ -287,18 +288,10 @@ def _settings(modalities: tuple[str, ...], convention: LabelConvention,
         "label_convention": convention.name,
         "label_values": list(convention.label_values),
         "margin": options.margin,
-        "resampling": {k: v for k, v in _plain(asdict(options)).items() if k != "margin"},
+        # plain(): tuples -> lists, so the settings compare equal to their JSON round trip
+        "resampling": {k: v for k, v in plain(asdict(options)).items() if k != "margin"},
         "preprocess_version": PREPROCESS_VERSION,
     }
-
-
-def _plain(obj: Any) -> Any:
-    """Tuples -> lists, so a settings dict compares equal to its JSON round trip."""
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_plain(v) for v in obj]
-    return obj
 
 
 def _up_to_date_record(out_dir: Path, files: CaseFiles, settings: dict) -> dict | None:
