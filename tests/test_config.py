@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from kdseg import config as kdcfg
 from kdseg.distill.options import LogitKDOptions, OptionsError, parse_method
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_default_config_is_valid(config: dict) -> None:
@@ -167,3 +170,19 @@ def test_dataset_checks_name_the_key(config: dict, dataset: dict, message: str) 
     config["dataset"].update(dataset)
     with pytest.raises(kdcfg.ConfigError, match=message):
         kdcfg.check_config(config)
+
+
+@pytest.mark.parametrize("preset", ["brats2018", "brats2021", "msd_task01"])
+def test_presets_train_their_teacher_with_their_own_recipe(preset: str) -> None:
+    """Layered over config/config.yaml as Snakemake does (a recursive update), a preset's
+    teacher must not inherit the default's 80-iteration teacher override."""
+    from snakemake.utils import update_config
+
+    from kdseg.config import teacher_run_config
+
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    update_config(config, yaml.safe_load((REPO / f"config/{preset}.yaml").read_text()))
+    config["dataset"]["root"] = "/data"
+    teacher = teacher_run_config(config, 0, 0)["train"]
+    assert teacher["iterations_per_epoch"] == config["train"]["iterations_per_epoch"]
+    assert teacher["epochs"] == config["train"]["epochs"]
