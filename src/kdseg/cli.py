@@ -107,15 +107,11 @@ def cmd_train(a: argparse.Namespace) -> None:
 
 
 def cmd_predict(a: argparse.Namespace) -> None:
-    import torch
-
     from kdseg.config import load_run_config
     from kdseg.data.preprocess import cases_with_modalities
     from kdseg.data.splits import load_fold
     from kdseg.inference.predict import predict_run
 
-    if a.threads:
-        torch.set_num_threads(a.threads)
     cfg = load_run_config(Path(a.run_dir) / "run_config.yaml")
     cases = load_fold(Path(cfg.splits_file), cfg.fold)[a.split]
     # Unpaired data: a student predicts the cases that carry its modalities.
@@ -193,6 +189,23 @@ def cmd_report(a: argparse.Namespace) -> None:
         log_summary_run(inputs, Path(a.out_dir), tracking)
 
 
+def cmd_bench(a: argparse.Namespace) -> None:
+    from kdseg.bench.common import BenchOptions
+    from kdseg.bench.runner import run_bench
+
+    opts = BenchOptions(out=Path(a.out), config=Path(a.config), device=a.device,
+                        threads=a.threads or 1, quick=a.quick, full_shape=tuple(a.full_shape),
+                        repeats=a.repeats, gpu_patch=a.gpu_patch, compile=a.compile,
+                        workdir=Path(a.workdir) if a.workdir else None)
+    run_bench(opts, tuple(a.sections) if a.sections else BENCH_SECTIONS)
+
+
+# Spelled out (a test keeps it equal to kdseg.bench.runner.SECTIONS) so that building the
+# parser imports nothing heavy.
+BENCH_SECTIONS = ("train_step", "data_pipeline", "inference", "evaluation", "preprocess",
+                  "scaling")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kdseg", description=__doc__.splitlines()[0])
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -201,6 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name: str, func, help: str) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help, description=help)
         sp.set_defaults(func=func)
+        # Every stage: a workflow job uses exactly its rule's threads (kdseg.runtime).
+        sp.add_argument("--threads", type=int, metavar="N",
+                        help="CPU threads this stage may use (torch, BLAS/OpenMP pools); the "
+                             "workflow passes the rule's threads (default: the libraries' own)")
         return sp
 
     s = add("synthesize", cmd_synthesize, "write the built-in synthetic BraTS-like dataset")
@@ -257,13 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = add("train", cmd_train, "train the teacher or a student of a run folder (resumes)")
     s.add_argument("--run-dir", required=True)
     s.add_argument("--tracking", help="tracking JSON from init-tracking")
-    s.add_argument("--threads", type=int)
 
     s = add("predict", cmd_predict, "sliding-window predictions in the original geometry")
     s.add_argument("--run-dir", required=True)
     s.add_argument("--out", required=True)
     s.add_argument("--split", default="test", choices=["test", "val", "train"])
-    s.add_argument("--threads", type=int)
 
     s = add("evaluate", cmd_evaluate, "per-case metrics of a run's test predictions")
     s.add_argument("--run-dir", required=True)
@@ -310,6 +325,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overlay-cases", type=int, default=3)
     s.add_argument("--out-dir", required=True)
     s.add_argument("--tracking")
+
+    s = add("bench", cmd_bench, "performance benchmark: every stage against a reference "
+                                "measured in the same process (docs/performance.md)")
+    s.add_argument("sections", nargs="*", metavar="SECTION",
+                   help=f"sections to run (default all): {', '.join(BENCH_SECTIONS)}")
+    s.add_argument("--out", default="results/benchmarks", help="output folder")
+    s.add_argument("--config", default="config/config.yaml",
+                   help="workflow config whose model/patch/batch protocol is measured")
+    s.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    s.add_argument("--quick", action="store_true",
+                   help="tiny sizes: checks every code path runs; the numbers mean nothing")
+    s.add_argument("--full-shape", type=int, nargs=3, default=[240, 240, 155],
+                   metavar=("X", "Y", "Z"), help="full-size case grid (default BraTS's)")
+    s.add_argument("--repeats", type=int, default=3, help="repetitions of the slow sections")
+    s.add_argument("--gpu-patch", type=int, default=128, help="patch edge of the GPU figures")
+    s.add_argument("--compile", action="store_true", help="also time torch.compile'd networks")
+    s.add_argument("--workdir", help="scratch folder for generated data (default: temporary)")
     return p
 
 
@@ -318,6 +350,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        if args.threads is not None:
+            from kdseg.runtime import limit_threads
+
+            limit_threads(args.threads)
         args.func(args)
     except (ValueError, FileNotFoundError) as err:  # expected problems; bugs keep a traceback
         if args.debug:

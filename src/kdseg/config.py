@@ -69,6 +69,9 @@ class TrainConfig:
     device: str = "auto"
     num_workers: int = 0
     grad_clip: float = 12.0
+    memory_format: str = "auto"
+    cudnn_benchmark: bool = True
+    compile: bool = False
 
 
 @dataclass(frozen=True)
@@ -404,6 +407,17 @@ def train_benchmark_file(run_dir: str) -> str:
         raise ValueError(f"{run_dir}: not a run folder (no '/runs/' in the path)")
     parent, _, seed_part = rest.rpartition("/")
     return f"{head}/benchmarks/{parent}_{seed_part}.train.tsv"
+
+
+def train_job_threads(config: Mapping[str, Any], stage: str) -> int:
+    """Cores one training job of ``stage`` (``teacher`` or ``student``) occupies: its torch
+    threads (``resources.train_threads``) plus one per DataLoader worker
+    (``train.num_workers``, with the teacher's overrides), so that Snakemake never runs more
+    work than ``--cores`` at once. ``kdseg train --threads N`` splits N back the same way."""
+    train = dict(config["train"])
+    if stage == "teacher":
+        train.update(config.get("teacher", {}).get("train", {}))
+    return int(config["resources"]["train_threads"]) + int(train.get("num_workers", 0))
 
 
 def teacher_run_config(config: Mapping[str, Any], fold: int, seed: int) -> dict[str, Any]:

@@ -279,3 +279,25 @@ def test_all_subsets_two_seeds_two_folds_end_to_end(tmp_path: Path,
     vs_teacher = pd.read_csv(data / "summary/paired_vs_teacher.csv")
     assert set(vs_teacher["method"]) == {"baseline", "logit_kd"}
     assert (data / "report/index.html").stat().st_size > 50_000
+
+
+def test_every_computing_job_is_limited_to_its_threads(tmp_path: Path) -> None:
+    """Each job that computes passes its rule's ``threads`` to kdseg (kdseg.runtime caps torch
+    and BLAS there), so parallel jobs never oversubscribe the cores."""
+    cfg = write_config(tmp_path / "workers.yaml", {"train": {"num_workers": 2},
+                                                   "resources": {"train_threads": 3}})
+    out = snakemake("-n", "-p", "--cores", "8", configs=(cfg,), cwd=tmp_path).stdout
+    jobs = re.findall(r"^(?:local)?rule (\w+):\n(.*?)^Shell command: (.+?)$", out, re.M | re.S)
+    computing = {"synthesize", "preprocess", "train_teacher", "train_student", "predict",
+                 "evaluate", "summarize", "report"}
+    seen = set()
+    for rule, block, command in jobs:
+        if rule not in computing:
+            continue
+        seen.add(rule)
+        declared = re.search(r"^\s+threads: (\d+)$", block, re.M)
+        threads = int(declared[1]) if declared else 1
+        assert f"--threads {threads} " in command, (rule, threads, command)
+        if rule.startswith("train_"):  # torch threads + one core per DataLoader worker
+            assert threads == 3 + 2, (rule, threads)
+    assert seen == computing

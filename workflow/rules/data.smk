@@ -9,6 +9,7 @@ if SYNTHETIC:
         output:
             # The whole folder: changing the generator settings regenerates it from scratch.
             directory(f"{DATA}/raw"),
+        threads: 1
         resources:
             mem_mb=lambda w, attempt: 2000 * attempt,
             runtime=lambda w, attempt: 60 * attempt,
@@ -21,7 +22,8 @@ if SYNTHETIC:
             "python -m kdseg synthesize --out {output}"
             " --n-cases {params.spec[n_cases]} --shape {params.shape}"
             " --seed {params.spec[seed]} --difficulty {params.spec[difficulty]}"
-            " --no-enhancing-fraction {params.spec[no_enhancing_fraction]} > {log} 2>&1"
+            " --no-enhancing-fraction {params.spec[no_enhancing_fraction]}"
+            " --threads {threads} > {log} 2>&1"
 
 
 rule preprocess:
@@ -31,6 +33,7 @@ rule preprocess:
     output:
         manifest=f"{DATA}/preprocessed/manifest.csv",
         fingerprint=f"{DATA}/preprocessed/dataset.json",
+    threads: 1
     resources:
         # one case in memory (about 4x its float32 size: < 1 GB for BraTS), ~1 s per case
         mem_mb=lambda w, attempt: 3000 * attempt,
@@ -41,7 +44,7 @@ rule preprocess:
         f"{LOGS}/preprocess.log",
     shell:
         "python -m kdseg preprocess --config-json {params.blocks:q}"
-        " --out $(dirname {output.manifest}) > {log} 2>&1"
+        " --out $(dirname {output.manifest}) --threads {threads} > {log} 2>&1"
 
 
 localrules:

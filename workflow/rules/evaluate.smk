@@ -28,6 +28,7 @@ rule evaluate:
         tracking=ancient(TRACKING_JSON),
     output:
         f"{DATA}/runs/{{run}}/metrics_per_case.csv",
+    threads: 1
     resources:
         mem_mb=lambda w, attempt: 2000 * attempt,
         runtime=lambda w, attempt: 30 * attempt,
@@ -40,4 +41,5 @@ rule evaluate:
         "python -m kdseg evaluate --run-dir $(dirname {input.predictions})"
         " --predictions {input.predictions} --references-from $(dirname {input.dataset})"
         " --out {output} --empty-rule {params.empty_rule}"
-        " --nsd-tolerance-mm {params.nsd_tolerance_mm} --tracking {input.tracking} > {log} 2>&1"
+        " --nsd-tolerance-mm {params.nsd_tolerance_mm} --tracking {input.tracking}"
+        " --threads {threads} > {log} 2>&1"

@@ -30,7 +30,7 @@ rule train_student:
         model=f"{STUDENT_RUN}/model.pt",
         history=f"{STUDENT_RUN}/history.csv",
         info=f"{STUDENT_RUN}/run.json",
-    threads: config["resources"]["train_threads"]
+    threads: kdcfg.train_job_threads(config, "student")
     resources:
         gpu=config["resources"]["gpu_per_training_job"],
         mem_mb=lambda w, attempt: 4000 * attempt,

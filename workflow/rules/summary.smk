@@ -11,6 +11,7 @@ rule summarize:
         **{name.replace(".", "_"): report(f"{SUMMARY}/{name}", category="Tables",
                                           labels={"table": label})
            for name, label in REPORTED_TABLES.items()},
+    threads: 1
     resources:
         mem_mb=lambda w, attempt: 2000 * attempt,
         runtime=lambda w, attempt: 30 * attempt,
@@ -24,7 +25,7 @@ rule summarize:
         "python -m kdseg summarize --runs {params.runs} --out-dir $(dirname {output.comparison_md})"
         " --family {params.stats[family]} --n-boot {params.stats[n_boot]}"
         " --seed {params.stats[seed]} --ranking-metrics {params.ranking_metrics}"
-        " --ranking-boot {params.stats[ranking_boot]} > {log} 2>&1"
+        " --ranking-boot {params.stats[ranking_boot]} --threads {threads} > {log} 2>&1"
 
 
 rule report:
@@ -40,6 +41,7 @@ rule report:
             for name in FIGURES
         ],
         pdfs=[f"{REPORT}/figures/{name}.pdf" for name in FIGURES],
+    threads: 1
     resources:
         mem_mb=lambda w, attempt: 4000 * attempt,
         runtime=lambda w, attempt: 30 * attempt,
@@ -53,4 +55,5 @@ rule report:
         "python -m kdseg report --summary-dir $(dirname {input.summary[0]}) --runs {params.runs}"
         " --preprocessed $(dirname {input.dataset})"
         " --config-json {params.config:q} --overlay-cases {params.overlay_cases}"
-        " --out-dir $(dirname {output.index}) --tracking {input.tracking} > {log} 2>&1"
+        " --out-dir $(dirname {output.index}) --tracking {input.tracking}"
+        " --threads {threads} > {log} 2>&1"

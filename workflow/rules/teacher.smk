@@ -27,7 +27,7 @@ rule train_teacher:
         model=f"{TEACHER_RUN}/model.pt",
         history=f"{TEACHER_RUN}/history.csv",
         info=f"{TEACHER_RUN}/run.json",
-    threads: config["resources"]["train_threads"]
+    threads: kdcfg.train_job_threads(config, "teacher")
     resources:
         gpu=config["resources"]["gpu_per_training_job"],
         mem_mb=lambda w, attempt: 4000 * attempt,

@@ -44,7 +44,13 @@ from kdseg.distill.registry import build_distiller
 from kdseg.evaluation.metrics import dice
 from kdseg.fileio import atomic_path
 from kdseg.inference.predict import load_model, predict_classes
-from kdseg.models.factory import NetOutput, build_network, forward_with_taps, to_device
+from kdseg.models.factory import (
+    NetOutput,
+    TappedNetwork,
+    build_network,
+    resolve_memory_format,
+    to_device,
+)
 from kdseg.tracking import epoch_metrics_logged_tag
 from kdseg.training import checkpoint, runinfo
 
@@ -158,6 +164,9 @@ class Trainer:
         self.inputs = input_fingerprint(cfg)
         self.device = select_device(cfg.train.device)
         self.amp = cfg.train.amp and self.device.type == "cuda"  # bf16 autocast on GPU only
+        if self.device.type == "cuda":  # fixed patch size: let cuDNN pick its fastest kernels
+            torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark
+        fmt = cfg.train.memory_format
         split = load_fold(Path(cfg.splits_file), cfg.fold)
         data_dir = Path(cfg.preprocessed_dir)
         # Unpaired data: a network trains and validates on the cases carrying its inputs.
@@ -181,17 +190,24 @@ class Trainer:
                                  else None)
         n_student = len(cfg.input_modalities)
         n_in = self.distiller.student_in_channels(n_student, n_all)
-        self.net = to_device(self._initial_student(n_student, n_in), self.device)
+        self.net = to_device(self._initial_student(n_student, n_in), self.device, fmt)
         self.joint = self.distiller.teacher == "joint"
         self.teacher: torch.nn.Module | None = None
         self.teacher_channels: list[int] = []
         if self.distiller.teacher == "frozen":
             self.teacher, self.teacher_channels = load_teacher(cfg, self.device)
+            self.teacher = self.teacher.to(
+                memory_format=resolve_memory_format(fmt, self.device)).eval()
         elif self.joint:  # a full-modality teacher path trained in the same steps
             self.teacher = to_device(build_network(cfg.model, n_all, self.num_classes),
-                                     self.device)
+                                     self.device, fmt)
             self.teacher_channels = list(range(n_all))
             self.distiller.bind(self.net, self.teacher)
+        # The forward passes the step runs: each network with its method's feature taps,
+        # compiled when train.compile is set.
+        self.student_forward = self._forward(self.net, self.distiller.student_taps)
+        self.teacher_forward = (self._forward(self.teacher, self.distiller.teacher_taps)
+                                if self.teacher is not None else None)
         self.seg_loss = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False,
                                    batch=True)
         # Gradient clipping per network (student, joint teacher path, method heads), so a
@@ -212,6 +228,13 @@ class Trainer:
         self.scheduler = make_scheduler(self.optimizer, cfg.train)
         self.history: list[dict[str, float]] = []
         self.start_epoch = 0
+
+    def _forward(self, net: torch.nn.Module, taps: Any) -> Any:
+        tapped = TappedNetwork(net, taps)  # type: ignore[arg-type]
+        if not self.cfg.train.compile:
+            return tapped
+        # One graph per network: fixed patch and batch, hooks registered before compiling.
+        return torch.compile(tapped, dynamic=False)
 
     def _initial_student(self, n_student: int, n_in: int) -> torch.nn.Module:
         """The student network with the seed's initial weights, identical for every method of
@@ -294,12 +317,11 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             teacher_out: NetOutput | None = None
             terms: dict[str, torch.Tensor] = {}
-            if self.teacher is not None:
+            if self.teacher_forward is not None:
                 teacher_x = teacher_image[:, self.teacher_channels]
                 with torch.set_grad_enabled(self.joint):  # a frozen teacher: no autograd
-                    teacher_out = forward_with_taps(self.teacher, teacher_x,
-                                                    self.distiller.teacher_taps)
-            student_out = forward_with_taps(self.net, student_x, self.distiller.student_taps)
+                    teacher_out = NetOutput(*self.teacher_forward(teacher_x))
+            student_out = NetOutput(*self.student_forward(student_x))
             terms["seg"] = self.seg_loss(student_out.logits.float(), label)
             if self.joint:
                 terms["teacher_seg"] = self.seg_loss(
@@ -389,14 +411,19 @@ def run_name(cfg: RunConfig) -> str:
 
 def train_run(run_dir: Path, tracking: dict[str, str] | None = None,
               threads: int | None = None) -> Path:
-    """Train the run in ``run_dir`` (resuming if possible); returns the path of ``model.pt``."""
+    """Train the run in ``run_dir`` (resuming if possible); returns the path of ``model.pt``.
+
+    ``threads``: the cores the job may use. ``train.num_workers`` DataLoader workers (one
+    thread each) take one core each; torch computes on the rest (at least one thread).
+    """
+    from kdseg.runtime import limit_threads
     from kdseg.tracking import RunTracker, flatten_params
 
-    if threads:
-        torch.set_num_threads(threads)
     started = time.time()
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir / "run_config.yaml")
+    if threads:
+        limit_threads(max(1, threads - cfg.train.num_workers))
     key = run_key(cfg, input_fingerprint(cfg))
     tags = run_tags(cfg, key)
     params = flatten_params(cfg.to_dict())
