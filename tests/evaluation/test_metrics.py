@@ -10,11 +10,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from scipy import ndimage
+from scipy.spatial import KDTree
 
 from kdseg.data.labels import BRATS_LEGACY
 from kdseg.evaluation import metrics as metrics_module
 from kdseg.evaluation.metrics import (
     EMPTY_RULES,
+    HD95_CONVENTIONS,
     HIGHER_IS_BETTER,
     METRICS,
     check_nsd_tolerance,
@@ -130,6 +133,72 @@ def test_hd95_masks_touching_the_image_border():
     assert hd95(pred, ref, (1.0, 1.0, 1.0)) == pytest.approx(math.sqrt(2))
 
 
+# --- HD95 conventions: "max" (default, MONAI) and "pooled" (MedPy) -----------------------------
+
+
+def test_hd95_conventions_constant():
+    assert HD95_CONVENTIONS == ("max", "pooled")
+
+
+def test_hd95_pooled_golden_voxel_pair_anisotropic():
+    """ref = one voxel; pred = that voxel plus one 4 voxels further along z at 2.5 mm = 10 mm
+    (the other spacings never enter: both voxels share x and y).
+
+    pred->ref = [0, 10], ref->pred = [0].
+    max: P95([0, 10]) = 0.95 * 10 = 9.5.
+    pooled: [0, 0, 10]; rank h = 0.95 * (3 - 1) = 1.9 lies between sorted[1] = 0 and
+    sorted[2] = 10 -> 0.9 * 10 = 9.0.
+    """
+    spacing = (1.0, 0.5, 2.5)
+    ref = voxel((5, 5, 2))
+    pred = ref | voxel((5, 5, 6))
+    assert hd95(pred, ref, spacing) == pytest.approx(9.5)
+    assert hd95(pred, ref, spacing, convention="max") == pytest.approx(9.5)
+    assert hd95(pred, ref, spacing, convention="pooled") == pytest.approx(9.0)
+    assert hd95(ref, pred, spacing, convention="pooled") == pytest.approx(9.0)
+
+
+def test_hd95_pooled_golden_line():
+    """The NSD line of test_nsd_golden_line (2 mm along x; ref x 0..2, pred x 2..5).
+
+    pred->ref = [0, 2, 4, 6]: h = 0.95 * 3 = 2.85 -> 4 + 0.85 * 2 = 5.7.
+    ref->pred = [4, 2, 0]: h = 0.95 * 2 = 1.9 -> 2 + 0.9 * 2 = 3.8. max -> 5.7.
+    pooled, sorted [0, 0, 2, 2, 4, 4, 6]: h = 0.95 * 6 = 5.7 between sorted[5] = 4 and
+    sorted[6] = 6 -> 4 + 0.7 * 2 = 5.4 (the better direction dilutes the worse one's tail).
+    """
+    line = np.zeros((12, 1, 1), dtype=bool)
+    ref, pred = line.copy(), line.copy()
+    ref[0:3] = True
+    pred[2:6] = True
+    spacing = (2.0, 0.5, 0.7)
+    assert hd95(pred, ref, spacing) == pytest.approx(5.7)
+    assert hd95(pred, ref, spacing, convention="pooled") == pytest.approx(5.4)
+    assert hd95(ref, pred, spacing, convention="pooled") == pytest.approx(5.4)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_hd95_pooled_cube_shift(k: int):
+    """Shifted cubes (test_cube_shift): both directed arrays are k * spacing on 100 of 488
+    voxels and smaller elsewhere, so the pooled tail is the same 20 % -> the same k * 2.5 mm."""
+    ref = cube((2, 2, 2), 10)
+    pred = cube((2, 2, 2 + k), 10)
+    assert hd95(pred, ref, (1.0, 0.5, 2.5), convention="pooled") == pytest.approx(k * 2.5)
+
+
+def test_hd95_pooled_empty_and_identical():
+    mask = cube((3, 4, 5), 6)
+    empty = np.zeros(SHAPE, dtype=bool)
+    assert hd95(mask, mask, (1.0, 0.7, 2.5), convention="pooled") == 0.0
+    assert math.isnan(hd95(mask, empty, (1.0, 1.0, 1.0), convention="pooled"))
+    assert math.isnan(hd95(empty, empty, (1.0, 1.0, 1.0), convention="pooled"))
+
+
+def test_unknown_hd95_convention():
+    mask = cube((1, 1, 1), 3)
+    with pytest.raises(ValueError, match="unknown HD95 convention 'medpy'"):
+        hd95(mask, mask, (1, 1, 1), convention="medpy")
+
+
 # --- sensitivity / specificity / NSD golden values ---------------------------------------------
 
 
@@ -206,8 +275,9 @@ def test_nsd_identical_and_huge_tolerance():
     assert normalized_surface_dice(mask, far, (1.0, 0.7, 2.5), 1e9) == 1.0
 
 
-def test_region_metrics_computes_distance_transforms_once(monkeypatch: pytest.MonkeyPatch):
-    """HD95 and NSD share one pair of directed distance arrays (two EDTs per region, not four)."""
+def test_region_metrics_computes_surface_distances_once(monkeypatch: pytest.MonkeyPatch):
+    """HD95 and NSD share one pair of directed distance arrays (two nearest-surface searches per
+    region, not four)."""
     calls = []
     original = metrics_module._directed_surface_distances
 
@@ -469,6 +539,24 @@ def test_hd95_symmetric_nonnegative(a: np.ndarray, b: np.ndarray, spacing: tuple
     assert hd95(a, a, spacing) == 0.0
 
 
+@given(nonempty_masks, nonempty_masks, spacings)
+def test_hd95_pooled_symmetric_and_bounded(
+    a: np.ndarray, b: np.ndarray, spacing: tuple[float, ...]
+):
+    """Pooled HD95 is symmetric and lies between the smaller directed ``method="lower"`` P95
+    and the larger ``method="higher"`` one (p = 0.95, parts of n_1 and n_2 values, N = n_1 + n_2).
+    Upper bound: proof in test_medpy_crosscheck.py. Lower bound: each part has at most
+    ``p (n_i - 1)`` values below its ``lower`` P95, so the union has at most
+    ``p (N - 2) <= floor(p (N - 1))`` below the smaller one, and the pooled sample's element
+    ``floor(p (N - 1))``, where the interpolation starts, is not below it."""
+    pooled = hd95(a, b, spacing, convention="pooled")
+    assert pooled == hd95(b, a, spacing, convention="pooled")
+    a_to_b, b_to_a = metrics_module._surface_distances(a, b, np.asarray(spacing))
+    lo = min(np.percentile(d, 95, method="lower") for d in (a_to_b, b_to_a))
+    hi = max(np.percentile(d, 95, method="higher") for d in (a_to_b, b_to_a))
+    assert lo - 1e-12 <= pooled <= hi + 1e-12
+
+
 @settings(max_examples=40, deadline=None)
 @given(nonempty_masks, nonempty_masks, spacings)
 def test_hd95_matches_monai(a: np.ndarray, b: np.ndarray, spacing: tuple[float, ...]):
@@ -558,3 +646,128 @@ def test_nsd_matches_monai(seed: int, tolerance: float):
             use_subvoxels=False,
         ).item()
     assert normalized_surface_dice(a, b, spacing, tolerance) == pytest.approx(expected, rel=1e-6)
+
+
+# --- nearest-surface search vs the distance-transform reference --------------------------------
+
+
+def edt_surface_distances(
+    pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Independent reference for ``metrics._surface_distances`` (the implementation before the
+    KD-tree): surfaces by face-connected erosion with ``border_value=0``, then one Euclidean
+    distance transform of the *whole* grid (no crop) per direction with ``sampling=spacing``,
+    read at the surface voxels in C order."""
+    sp = np.asarray(spacing, dtype=np.float64)
+    pred_surface = pred & ~ndimage.binary_erosion(pred, border_value=0)
+    ref_surface = ref & ~ndimage.binary_erosion(ref, border_value=0)
+    return (
+        ndimage.distance_transform_edt(~ref_surface, sampling=sp)[pred_surface],
+        ndimage.distance_transform_edt(~pred_surface, sampling=sp)[ref_surface],
+    )
+
+
+def far_corner_pair(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two overlapping smooth blobs in a 40 x 44 x 30 grid, the prediction with a 2^3 false
+    positive in the far corner: the joint bounding box is the whole grid."""
+    rng = np.random.default_rng(seed)
+    shape = (40, 44, 30)
+    field = ndimage.gaussian_filter(rng.random(shape), 3.0)
+    ref = field > np.quantile(field, 0.97)
+    pred = ndimage.binary_dilation(ref) if seed % 2 else ndimage.binary_erosion(ref)
+    pred = pred.copy()
+    pred[-3:-1, -3:-1, -3:-1] = True
+    ref[0, 0, 0] = True  # and a reference voxel in the opposite corner, on the array border
+    return pred, ref
+
+
+def random_case(seed: int) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    """Random masks in 1, 2 or 3 dimensions (noise or smooth blobs) at generic (irrational-like)
+    anisotropic spacing; seeds 0 and 1 are far_corner_pair."""
+    rng = np.random.default_rng(seed)
+    if seed < 2:
+        pred, ref = far_corner_pair(seed)
+        return pred, ref, tuple(float(s) for s in rng.uniform(0.4, 3.0, size=3))
+    ndim = (1, 2, 3, 3)[seed % 4]
+    shape = tuple(int(n) for n in rng.integers(3, 40 if ndim < 3 else 16, size=ndim))
+    spacing = tuple(float(s) for s in rng.uniform(0.3, 3.0, size=ndim))
+    if seed % 3:
+        density = rng.uniform(0.05, 0.5)
+        return rng.random(shape) < density, rng.random(shape) < density, spacing
+    pred, ref = (ndimage.gaussian_filter(rng.random(shape), 2.0) > 0.5 for _ in range(2))
+    return pred, ref, spacing
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_surface_distances_bit_identical_to_distance_transform(seed: int):
+    """The KD-tree search gives exactly the distance transform's distances (same voxels, same
+    order, same float values): at generic spacing no two nearest voxels tie at different
+    offsets, and the distance is recomputed from the index offset as the transform does. So
+    HD95 (both conventions) and NSD at a tolerance equal to *every* occurring distance, the
+    boundary case of ``<=``, are identical too."""
+    pred, ref, spacing = random_case(seed)
+    if not pred.any() or not ref.any():
+        pytest.skip("an empty mask")
+    expected = edt_surface_distances(pred, ref, spacing)
+    ours = metrics_module._surface_distances(pred, ref, np.asarray(spacing))
+    for got, want in zip(ours, expected, strict=True):
+        assert got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+    for convention in HD95_CONVENTIONS:
+        assert hd95(pred, ref, spacing, convention) == metrics_module._hd95_from_distances(
+            *expected, convention)
+    for tolerance in np.unique(np.concatenate(expected)):
+        assert normalized_surface_dice(pred, ref, spacing, tolerance) == (
+            metrics_module._nsd_from_distances(*expected, tolerance))
+
+
+@settings(max_examples=60, deadline=None)
+@given(nonempty_masks, nonempty_masks, spacings)
+def test_surface_distances_match_distance_transform(
+    a: np.ndarray, b: np.ndarray, spacing: tuple[float, ...]
+):
+    """Any masks and spacings (hypothesis likes round, equal and commensurable ones, where nearest
+    voxels can tie at different offsets whose rounded lengths differ by an ulp): equal to 1e-9 mm,
+    the same voxels in the same order."""
+    expected = edt_surface_distances(a, b, spacing)
+    ours = metrics_module._surface_distances(a, b, np.asarray(spacing))
+    for got, want in zip(ours, expected, strict=True):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("k", [1, 2])
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_nsd_tolerance_exactly_k_voxels(axis: int, k: int):
+    """Slabs one voxel thick every ``k + 1`` voxels along ``axis``, pred in the gaps' first plane:
+    every surface distance is exactly ``k`` voxel spacings along ``axis``. A tolerance of exactly
+    ``k * spacing`` (exact in floating point for k = 1, 2) counts every voxel (``<=``), the next
+    float below counts none, as with the distance transform.
+
+    The KD-tree's own distances, from differences of positions in mm (``3 * 0.9 - 2 * 0.9`` is
+    0.9000000000000001), fall on both sides of the tolerance here: the guard below shows that
+    reading them directly would flip counts at this boundary.
+    """
+    spacing = (0.9, 1.3, 0.7)
+    period = k + 1
+    shape = [3, 4, 2]
+    shape[axis] = 12 * period
+    ref, pred = np.zeros(shape, dtype=bool), np.zeros(shape, dtype=bool)
+    index = [slice(None)] * 3
+    index[axis] = slice(0, None, 2 * period)
+    ref[tuple(index)] = True
+    index[axis] = slice(k, None, 2 * period)
+    pred[tuple(index)] = True
+    tolerance = k * spacing[axis]
+
+    positions = np.stack(np.nonzero(pred), axis=1) * spacing
+    tree_distances, _ = KDTree(np.stack(np.nonzero(ref), axis=1) * spacing).query(positions)
+    assert (tree_distances > tolerance).any()  # the hazard is present in this configuration
+
+    for reference_distances in edt_surface_distances(pred, ref, spacing):
+        assert np.all(reference_distances == tolerance)
+    for distances in metrics_module._surface_distances(pred, ref, np.asarray(spacing)):
+        assert np.all(distances == tolerance)
+    assert normalized_surface_dice(pred, ref, spacing, tolerance) == 1.0
+    assert normalized_surface_dice(pred, ref, spacing, np.nextafter(tolerance, 0)) == 0.0
+    result = region_metrics(pred, ref, spacing, nsd_tolerance_mm=tolerance)
+    assert result["nsd"] == 1.0 and result["hd95"] == tolerance
