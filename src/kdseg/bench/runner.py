@@ -1,0 +1,97 @@
+"""``kdseg bench``: run the benchmark sections, print one table, write CSV/JSON/Markdown.
+
+Sections (each a module of this package with ``run(opts, previous) -> SectionResult``):
+
+=================  ===========================================================================
+``train_step``     s/step of every method vs a plain MONAI step (same network, patch, batch);
+                   on CUDA also the teacher and a student at ``gpu_patch``^3 with utilisation
+``data_pipeline``  patches/s the loader delivers (0, 1, 2 workers) vs patches/s training eats
+``inference``      s per full-size case with sliding window vs MONAI's own call
+``evaluation``     Dice + HD95 of three regions of a full-size case vs MedPy's dc/hd95
+``preprocess``     s and peak memory per full-size case
+``scaling``        how the workflow's wall time grows with cases, subsets, methods (from the
+                   numbers above), and the estimate for a full BraTS benchmark
+=================  ===========================================================================
+
+The output folder gets ``bench.csv`` (the summary rows), ``bench.md`` (the same as a Markdown
+table), ``bench.json`` (machine description, options, rows and each section's metadata) and
+``<section>.csv`` (each section's detailed measurements). They are rewritten after every
+section, so an interrupted run keeps what it measured.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+import tempfile
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+from kdseg.bench.common import BenchOptions, Row, SectionResult, format_table, rows_frame
+
+SECTIONS: tuple[str, ...] = ("train_step", "data_pipeline", "inference", "evaluation",
+                             "preprocess", "scaling")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and value != value:  # NaN -> null (strict JSON)
+        return None
+    return value
+
+
+def write_outputs(out: Path, opts: BenchOptions, machine: dict[str, Any],
+                  results: dict[str, SectionResult], seconds: dict[str, float]) -> list[Row]:
+    """(Re)write ``bench.{csv,md,json}`` and each section's details; returns all rows."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [row for res in results.values() for row in res.rows]
+    rows_frame(rows).to_csv(out / "bench.csv", index=False)
+    header = (f"kdseg bench — {machine['cpu']} ({machine['cpus_usable']} usable cores), "
+              f"device {opts.device}, {opts.threads} thread(s), {machine['date']}, "
+              f"git {machine['git_sha'][:12]}")
+    (out / "bench.md").write_text(f"{header}\n\n{format_table(rows)}\n")
+    for name, res in results.items():
+        if res.details is not None:
+            res.details.to_csv(out / f"{name}.csv", index=False)
+    doc = {"machine": machine, "options": asdict(opts), "section_seconds": seconds,
+           "rows": [asdict(r) for r in rows],
+           "sections": {name: res.meta for name, res in results.items()}}
+    (out / "bench.json").write_text(json.dumps(_jsonable(doc), indent=1, default=str))
+    return rows
+
+
+def run_bench(opts: BenchOptions, sections: tuple[str, ...] = SECTIONS) -> list[Row]:
+    """Run ``sections`` in order (``scaling`` reads the others' results); returns all rows."""
+    from kdseg.bench.common import machine_description
+    from kdseg.runtime import limit_threads
+
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        raise ValueError(f"unknown benchmark section(s) {unknown}; choose from {list(SECTIONS)}")
+    limit_threads(opts.threads)
+    machine = machine_description(opts.device)
+    results: dict[str, SectionResult] = {}
+    seconds: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="kdseg-bench-") as tmp:
+        base = Path(opts.workdir) if opts.workdir else Path(tmp)
+        for name in [s for s in SECTIONS if s in sections]:
+            print(f"[kdseg bench] {name} ...", file=sys.stderr, flush=True)
+            module = importlib.import_module(f"kdseg.bench.{name}")
+            section_opts = replace(opts, workdir=base / name)
+            t0 = time.perf_counter()
+            results[name] = module.run(section_opts, results)
+            seconds[name] = round(time.perf_counter() - t0, 1)
+            print(f"[kdseg bench] {name} done in {seconds[name]:.0f} s", file=sys.stderr,
+                  flush=True)
+            rows = write_outputs(Path(opts.out), opts, machine, results, seconds)
+    print((Path(opts.out) / "bench.md").read_text())
+    print(f"written: {opts.out}/bench.csv, bench.json, bench.md and one CSV per section")
+    return rows
