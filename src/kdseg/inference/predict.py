@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import nibabel as nib
@@ -29,24 +30,79 @@ from kdseg.training import checkpoint
 log = logging.getLogger("kdseg.predict")
 
 
-@torch.no_grad()
+def _host_case(image: np.ndarray, channels: Sequence[int], pin: bool) -> torch.Tensor:
+    """The ``channels`` of a preprocessed case ``(M, X, Y, Z)`` as a ``(C, X, Y, Z)`` tensor.
+
+    Selecting channels copies the array anyway; with ``pin`` (for CUDA) that copy goes straight
+    into page-locked memory, so :func:`_to_device` can copy it to the GPU without blocking and
+    at pinned-memory bandwidth, at no extra host copy (``pin_memory()`` on a pageable tensor
+    would add one, which PyTorch's own guide finds slower than a plain ``to()``). Not measured:
+    no GPU on the project's machine.
+    """
+    index = np.asarray(channels, dtype=np.intp)
+    if not pin:
+        return torch.from_numpy(np.ascontiguousarray(image[index]))
+    dtype = torch.from_numpy(np.empty(0, dtype=image.dtype)).dtype
+    out = torch.empty((len(index), *image.shape[1:]), dtype=dtype, pin_memory=True)
+    np.take(image, index, axis=0, out=out.numpy())
+    return out
+
+
+def _to_device(image: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``image`` on ``device``; a pinned host tensor goes to CUDA without blocking (later work
+    on the same stream is ordered after the copy)."""
+    if device.type == "cuda" and image.device.type == "cpu" and image.is_pinned():
+        return image.to(device, non_blocking=True)
+    return image.to(device)
+
+
+@contextmanager
+def _cudnn_autotune(device: torch.device) -> Iterator[None]:
+    """On CUDA, let cuDNN benchmark its kernels for the (fixed) window shape, then restore the
+    global flag. Not measured here (no GPU); the usual gain for fixed-shape 3D convolutions."""
+    if device.type != "cuda":
+        yield
+        return
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
 def predict_logits(net: torch.nn.Module, image: torch.Tensor, roi_size: Sequence[int],
                    inference: InferenceConfig, device: torch.device,
                    amp: bool = False) -> torch.Tensor:
     """Sliding-window logits ``(K, X, Y, Z)`` for one case ``image`` of shape ``(C, X, Y, Z)``.
 
-    Windows of ``roi_size`` (the training patch) overlap by ``inference.overlap`` and are blended
-    with ``inference.mode`` weights; cases smaller than the window are padded by MONAI.
+    MONAI's ``sliding_window_inference``: windows of ``roi_size`` (the training patch) overlap
+    by ``inference.overlap`` and are blended with ``inference.mode`` weights; cases smaller
+    than the window are padded by MONAI. ``amp``: bf16 autocast, on CUDA only. The result is
+    float32 on ``device``.
+
+    Kept as MONAI's call on purpose: a leaner kdseg loop (one reused channels-last window
+    buffer, channels-last accumulation; bit-identical results) was measured on the project's
+    2-core machine, one thread, 240x240x155, 24^3 windows: its non-network overhead was the
+    same as MONAI's (0.37 s vs 0.36 s CPU per case with a near-free predictor), as were
+    channels-last input (0.45 s), ``buffer_steps`` 1/4 (0.43/0.50 s) and
+    ``torch.inference_mode`` instead of ``no_grad`` (1.34 vs 1.34 s at 144x144x96, teacher);
+    the network's own forward is ~95 % of the time.
     """
     was_training = net.training
     net.eval()
-    x = image[None].to(device)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
-        logits = sliding_window_inference(
-            x, roi_size=tuple(roi_size), sw_batch_size=inference.sw_batch_size, predictor=net,
-            overlap=inference.overlap, mode=inference.mode,
-        )
-    net.train(was_training)
+    try:
+        with torch.no_grad(), _cudnn_autotune(device), torch.autocast(
+                device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+            logits = sliding_window_inference(
+                _to_device(image, device)[None], roi_size=tuple(roi_size),
+                sw_batch_size=inference.sw_batch_size, predictor=net,
+                overlap=inference.overlap, mode=inference.mode,
+            )
+    finally:
+        net.train(was_training)
+    # ``float()`` copies only if the output is not float32 already (MONAI accumulates in the
+    # input's dtype, float32 here, even under autocast).
     return torch.as_tensor(logits)[0].float()
 
 
@@ -55,8 +111,8 @@ def predict_classes(net: torch.nn.Module, image: torch.Tensor, roi_size: Sequenc
                     amp: bool = False) -> np.ndarray:
     """Class ids ``(X, Y, Z)`` (uint8) by argmax over the sliding-window logits."""
     logits = predict_logits(net, image, roi_size, inference, device, amp)
-    # max(dim).indices == argmax(dim) (first maximum on ties) but much faster on the CPU for a
-    # leading class axis.
+    # max(dim).indices == argmax(dim) (first maximum on ties) but much faster on the CPU:
+    # 0.15-0.19 s vs 0.84 s for argmax at 240x240x155 with 4 classes.
     return logits.max(dim=0).indices.to(torch.uint8).cpu().numpy()
 
 
@@ -99,7 +155,7 @@ def predict_run(run_dir: Path, cases: Sequence[str], out_dir: Path,
         target = out_dir / f"{case}.nii.gz"
         if not target.exists():
             image, _, meta = load_preprocessed(Path(cfg.preprocessed_dir), case)
-            x = torch.from_numpy(np.ascontiguousarray(image[cfg.input_channels]))
+            x = _host_case(image, cfg.input_channels, pin=device.type == "cuda")
             classes = predict_classes(net, x, cfg.train.patch_size, cfg.inference, device,
                                       cfg.train.amp)
             # A resampled case goes back with the interpolation its labels came with.
