@@ -134,6 +134,35 @@ def test_zscore_golden() -> None:
     assert out.dtype == np.float32
 
 
+def _zscore_reference(image: np.ndarray, mask: np.ndarray):
+    """The plain formula zscore_in_mask must reproduce bit for bit (its first version)."""
+    out = np.zeros(image.shape, dtype=np.float32)
+    stats = []
+    for channel, values in enumerate(image):
+        inside = values[mask].astype(np.float64)
+        mean = float(inside.mean())
+        std = max(float(inside.std()), 1e-8)
+        out[channel][mask] = (inside - mean) / std
+        stats.append((mean, std))
+    return out, stats
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16])
+@pytest.mark.parametrize("fraction", [0.02, 0.5, 1.0])
+def test_zscore_bit_identical_to_plain_formula(dtype, fraction: float) -> None:
+    rng = np.random.default_rng(7)
+    # > 8192 mask voxels per channel: numpy's pairwise summation works in blocks of that size
+    full = (rng.normal(300, 80, (3, 41, 37, 29)) * rng.uniform(0.5, 2, (3, 1, 1, 1)))
+    full[2] = 4  # a constant channel: the std floor
+    image = full.astype(dtype)[:, 3:38, 2:35, 1:]  # non-contiguous, like the crop of a case
+    mask = rng.random(image.shape[1:]) < fraction
+    out, stats = zscore_in_mask(image, mask)
+    ref_out, ref_stats = _zscore_reference(image, mask)
+    assert stats == ref_stats  # exact floats, not approx
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, ref_out)
+
+
 def test_zscore_rejects_empty_mask_and_bad_shapes() -> None:
     with pytest.raises(ValueError, match="empty"):
         zscore_in_mask(np.ones((1, 2, 2, 2)), np.zeros((2, 2, 2), bool))
