@@ -354,9 +354,12 @@ class Trainer:
         epochs, e.g. to fit a cluster time limit; the next call resumes from the checkpoint)."""
         cfg, train = self.cfg, self.cfg.train
         stop = train.epochs if until_epoch is None else min(until_epoch, train.epochs)
+        # Persistent workers: forked once per run, not once per epoch (each fork re-imports
+        # nothing but re-opens every case's memory map); they read the epoch from shared
+        # memory (PatchDataset.set_epoch), so the stream stays a function of (seed, epoch).
         loader = DataLoader(self.data, batch_size=train.batch_size, num_workers=train.num_workers,
                             pin_memory=self.device.type == "cuda",
-                            persistent_workers=False)
+                            persistent_workers=train.num_workers > 0)
         for epoch in range(self.start_epoch, stop):
             t0 = time.perf_counter()
             seed_everything(cfg.seed, epoch)
