@@ -5,8 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= 2
 SNAKEMAKE_ARGS ?=
+BENCH_ARGS ?=
 
-.PHONY: run test lint dry-run mlflow-ui clean-results
+.PHONY: run test bench lint dry-run mlflow-ui clean-results
 
 $(BIN)/kdseg-installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +21,11 @@ run: $(BIN)/kdseg-installed
 
 test: $(BIN)/kdseg-installed
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q
+
+# The performance benchmark (docs/performance.md): every stage against a same-process reference.
+bench: $(BIN)/kdseg-installed
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m kdseg bench --out results/benchmarks \
+	  $(BENCH_ARGS)
 
 lint: $(BIN)/kdseg-installed
 	$(BIN)/ruff check src tests
