@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import subprocess
+import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -247,7 +248,13 @@ def gpu_rows(opts: BenchOptions, workdir: Path) -> tuple[list[Row], pd.DataFrame
 
 def run(opts: BenchOptions, previous: dict[str, SectionResult]) -> SectionResult:
     del previous
-    workdir = Path(opts.workdir or "bench-work")
+    if opts.workdir is None:  # called directly: generate the data in a temporary folder
+        with tempfile.TemporaryDirectory(prefix="kdseg-bench-train-step-") as tmp:
+            return _run(opts, Path(tmp))
+    return _run(opts, Path(opts.workdir))
+
+
+def _run(opts: BenchOptions, workdir: Path) -> SectionResult:
     config = bench_config(opts, workdir / "config_patch")
     prepare_data(config)
     write_untrained_teacher(config)
