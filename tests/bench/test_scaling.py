@@ -28,7 +28,8 @@ def test_estimate_matches_a_hand_count() -> None:
                     validations=2, patch_voxels=1000, case_voxels=2_000_000)
     costs = UnitCosts(step_s={"teacher": 0.5, "baseline": 0.4, "logit_kd": 0.6},
                       patch_voxels=1000, predict_s_per_mvox=3.0, evaluate_s_per_mvox=0.5,
-                      preprocess_s_per_mvox=1.0, job_start_s=2.0)
+                      preprocess_s_per_mvox=1.0,
+                      job_start_s={"network": 3.0, "evaluate": 2.0, "light": 0.5})
     est = estimate(design, costs, parallel_jobs=2)
     # teacher 200 x 0.5; 2 subsets x (100 x 0.4 + 100 x 0.6)
     assert est["train_s"] == pytest.approx(100 + 80 + 120)
@@ -37,9 +38,12 @@ def test_estimate_matches_a_hand_count() -> None:
     assert est["predict_s"] == pytest.approx(5 * 5 * 6)
     assert est["evaluate_s"] == pytest.approx(5 * 5 * 1)
     assert est["preprocess_s"] == pytest.approx(10 * 2)
-    assert est["job_start_s"] == pytest.approx((4 + 4 * 5 + 2) * 2)
-    assert est["total_s"] == pytest.approx(607)
-    assert est["wall_s"] == pytest.approx(20 + 587 / 2)
+    # 5 runs: 10 train/predict jobs, 5 evaluations, 5 run configs + 6 workflow-wide jobs
+    assert est["job_start_s"] == pytest.approx(10 * 3.0 + 5 * 2.0 + 11 * 0.5)
+    assert design.jobs() == 4 + 4 * 5 + 2
+    total = 300 + 60 + 150 + 25 + 20 + 45.5
+    assert est["total_s"] == pytest.approx(total)
+    assert est["wall_s"] == pytest.approx(20 + (total - 20) / 2)
     assert est["steps"] == 200 + 2 * 2 * 100
     # a step measured at another patch size scales with the voxel count
     bigger = estimate(Design(**{**design.__dict__, "patch_voxels": 2000}), costs)
@@ -65,7 +69,8 @@ def test_section_runs_on_other_sections_results(tmp_path: Path) -> None:
                                               "teacher": {"wall_median_s": {"kdseg": 6.0}}}),
         "evaluation": SectionResult([], None, {"shape": [240, 240, 155],
                                                "median_s": {"kdseg_evaluate_case": 0.1}}),
-        "preprocess": SectionResult([], None, {"shape": [240, 240, 155], "s_per_case": 0.7}),
+        "preprocess": SectionResult([], None, {"case_shape": [240, 240, 155],
+                                               "s_per_case": 0.7}),
     }
     res = run(BenchOptions(out=tmp_path, config=REPO / "config/config.yaml", quick=True),
               previous)

@@ -16,16 +16,23 @@ Sections (each a module of this package with ``run(opts, previous) -> SectionRes
 The output folder gets ``bench.csv`` (the summary rows), ``bench.md`` (the same as a Markdown
 table), ``bench.json`` (machine description, options, rows and each section's metadata) and
 ``<section>.csv`` (each section's detailed measurements). They are rewritten after every
-section, so an interrupted run keeps what it measured.
+section, so an interrupted run keeps what it measured. A section that fails is reported (its
+traceback on stderr, a row in the table) and the others still run; the exit status says so.
+
+Running some sections again (``kdseg bench scaling``) keeps the other sections' results from
+the output folder's ``bench.json`` when they were measured on the same machine, device and
+thread count, so the table stays whole and ``scaling`` can use them.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import math
 import sys
 import tempfile
 import time
+import traceback
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -34,6 +41,10 @@ from kdseg.bench.common import BenchOptions, Row, SectionResult, format_table, r
 
 SECTIONS: tuple[str, ...] = ("train_step", "data_pipeline", "inference", "evaluation",
                              "preprocess", "scaling")
+
+
+class SectionFailed(ValueError):
+    """One or more sections raised; the others' results were written."""
 
 
 def _jsonable(value: Any) -> Any:
@@ -68,8 +79,34 @@ def write_outputs(out: Path, opts: BenchOptions, machine: dict[str, Any],
     return rows
 
 
+def _same_setup(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return all(a.get(k) == b.get(k) for k in ("cpu", "cpus_usable", "device", "torch_threads",
+                                              "gpu"))
+
+
+def earlier_results(out: Path, machine: dict[str, Any]) -> dict[str, SectionResult]:
+    """The sections recorded in ``out/bench.json`` by a run on the same setup (else none)."""
+    path = out / "bench.json"
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not _same_setup(doc.get("machine", {}), machine):
+        return {}
+    rows: dict[str, list[Row]] = {}
+    for r in doc.get("rows", []):
+        values = {k: (math.nan if v is None and k == "value" else v) for k, v in r.items()}
+        rows.setdefault(r["section"], []).append(Row(**values))
+    return {name: SectionResult(rows.get(name, []), None, meta)
+            for name, meta in doc.get("sections", {}).items() if name in SECTIONS}
+
+
 def run_bench(opts: BenchOptions, sections: tuple[str, ...] = SECTIONS) -> list[Row]:
-    """Run ``sections`` in order (``scaling`` reads the others' results); returns all rows."""
+    """Run ``sections`` in order (``scaling`` reads the others' results); returns all rows.
+
+    Raises:
+        SectionFailed: after the last section, if any section failed.
+    """
     from kdseg.bench.common import machine_description
     from kdseg.runtime import limit_threads
 
@@ -78,20 +115,36 @@ def run_bench(opts: BenchOptions, sections: tuple[str, ...] = SECTIONS) -> list[
         raise ValueError(f"unknown benchmark section(s) {unknown}; choose from {list(SECTIONS)}")
     limit_threads(opts.threads)
     machine = machine_description(opts.device)
-    results: dict[str, SectionResult] = {}
+    kept = {k: v for k, v in earlier_results(Path(opts.out), machine).items()
+            if k not in sections}
+    if kept:
+        print(f"[kdseg bench] keeping earlier results of {sorted(kept)} from "
+              f"{opts.out}/bench.json (same machine)", file=sys.stderr)
     seconds: dict[str, float] = {}
+    failed: list[str] = []
     with tempfile.TemporaryDirectory(prefix="kdseg-bench-") as tmp:
         base = Path(opts.workdir) if opts.workdir else Path(tmp)
-        for name in [s for s in SECTIONS if s in sections]:
+        for name in (s for s in SECTIONS if s in sections):
             print(f"[kdseg bench] {name} ...", file=sys.stderr, flush=True)
             module = importlib.import_module(f"kdseg.bench.{name}")
             section_opts = replace(opts, workdir=base / name)
             t0 = time.perf_counter()
-            results[name] = module.run(section_opts, results)
+            try:
+                kept[name] = module.run(section_opts, {k: kept[k] for k in kept
+                                                       if k != name})
+            except Exception as err:  # keep the other sections' results; report at the end
+                traceback.print_exc()
+                failed.append(name)
+                kept[name] = SectionResult([Row(name, "section failed", math.nan, "",
+                                                note=f"{type(err).__name__}: {err}")])
             seconds[name] = round(time.perf_counter() - t0, 1)
             print(f"[kdseg bench] {name} done in {seconds[name]:.0f} s", file=sys.stderr,
                   flush=True)
-            rows = write_outputs(Path(opts.out), opts, machine, results, seconds)
+            ordered = {k: kept[k] for k in SECTIONS if k in kept}
+            rows = write_outputs(Path(opts.out), opts, machine, ordered, seconds)
     print((Path(opts.out) / "bench.md").read_text())
     print(f"written: {opts.out}/bench.csv, bench.json, bench.md and one CSV per section")
+    if failed:
+        raise SectionFailed(f"benchmark section(s) {failed} failed (tracebacks above); the "
+                           f"other results are in {opts.out}")
     return rows

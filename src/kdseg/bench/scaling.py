@@ -108,8 +108,14 @@ class Design:
     def jobs(self) -> int:
         """Snakemake jobs that start a Python process: preprocess (+ synthesize, split,
         tracking), per run: run config, train, predict, evaluate; summarize, report."""
+        return sum(self.jobs_by_start().values())
+
+    def jobs_by_start(self) -> dict[str, int]:
+        """The jobs by what their process imports before it works: ``network`` jobs (train,
+        predict: torch and MONAI, whose package import loads every MONAI submodule),
+        ``evaluate`` jobs (scipy, MLflow), ``light`` ones (run configs, splits, ...)."""
         runs = self.teacher_runs + self.student_runs
-        return 4 + 4 * runs + 2
+        return {"network": 2 * runs, "evaluate": runs, "light": 4 + runs + 2}
 
 
 @dataclass(frozen=True)
@@ -126,7 +132,7 @@ class UnitCosts:
     predict_s_per_mvox: float
     evaluate_s_per_mvox: float
     preprocess_s_per_mvox: float
-    job_start_s: float
+    job_start_s: Mapping[str, float]
 
 
 def estimate(design: Design, costs: UnitCosts, parallel_jobs: int = 1) -> dict[str, float]:
@@ -146,7 +152,8 @@ def estimate(design: Design, costs: UnitCosts, parallel_jobs: int = 1) -> dict[s
         "predict_s": runs * design.test_cases_per_run * predict,
         "evaluate_s": runs * design.test_cases_per_run * costs.evaluate_s_per_mvox * mvox,
         "preprocess_s": design.cases * costs.preprocess_s_per_mvox * mvox,
-        "job_start_s": design.jobs() * costs.job_start_s,
+        "job_start_s": sum(n * costs.job_start_s[kind]
+                           for kind, n in design.jobs_by_start().items()),
     }
     total = sum(out.values())
     out["total_s"] = total
@@ -156,15 +163,25 @@ def estimate(design: Design, costs: UnitCosts, parallel_jobs: int = 1) -> dict[s
     return out
 
 
-def job_start_seconds(repeats: int = 2) -> float:
-    """Median wall time of a fresh interpreter importing what a training job imports."""
-    code = "import kdseg.training.loop, kdseg.tracking, kdseg.inference.predict"
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-c", code], check=True)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+JOB_IMPORTS = {
+    "network": "import kdseg.training.loop, kdseg.tracking, kdseg.inference.predict",
+    "evaluate": "import kdseg.evaluation.evaluate, kdseg.tracking.sync, mlflow",
+    "light": "import kdseg.cli, kdseg.config",
+}
+"""What a job of each start kind (:meth:`Design.jobs_by_start`) imports before it works."""
+
+
+def job_start_seconds(repeats: int = 2) -> dict[str, float]:
+    """Median wall time of a fresh interpreter importing what each kind of job imports."""
+    out = {}
+    for kind, code in JOB_IMPORTS.items():
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-c", code], check=True)
+            times.append(time.perf_counter() - t0)
+        out[kind] = statistics.median(times)
+    return out
 
 
 def _per_mvox(previous: Mapping[str, SectionResult], section: str) -> float:
@@ -178,11 +195,12 @@ def _per_mvox(previous: Mapping[str, SectionResult], section: str) -> float:
     elif section == "evaluation":  # evaluate_case: 5 metrics x 3 regions from label maps
         seconds, shape = meta["median_s"]["kdseg_evaluate_case"], meta["shape"]
     else:  # preprocess
-        seconds, shape = meta["s_per_case"], meta["shape"]
+        seconds, shape = meta["s_per_case"], meta["case_shape"]
     return float(seconds) / (math.prod(shape) / 1e6)
 
 
-def unit_costs(previous: Mapping[str, SectionResult], job_start_s: float) -> UnitCosts:
+def unit_costs(previous: Mapping[str, SectionResult],
+               job_start_s: Mapping[str, float]) -> UnitCosts:
     """The units measured by the other sections of this run (NaN where one did not run)."""
     step = dict(previous["train_step"].meta["step_s"]) if "train_step" in previous else {}
     if "baseline" in step:
@@ -252,7 +270,7 @@ def run(opts: BenchOptions, previous: dict[str, SectionResult]) -> SectionResult
         table.append({"design": name, "cases": design.cases, "subsets": design.subsets,
                       "methods": len(design.methods), "folds": design.folds,
                       "runs": design.teacher_runs + design.student_runs, "jobs": design.jobs(),
-                      **{k.replace("_s", "_h"): _hours(v) for k, v in est.items()
+                      **{k[:-2] + "_h": _hours(v) for k, v in est.items()
                          if k != "steps"}, "steps": est["steps"]})
     base_wall = table[0]["wall_h"]
     for row in table:
@@ -265,7 +283,8 @@ def run(opts: BenchOptions, previous: dict[str, SectionResult]) -> SectionResult
 
     full_rows, full_meta = _full_brats(config_path, costs, previous)
     rows_out += full_rows
-    meta = {"unit_costs": {**costs.__dict__, "step_s": dict(costs.step_s)},
+    meta = {"unit_costs": {**costs.__dict__, "step_s": dict(costs.step_s),
+                           "job_start_s": dict(costs.job_start_s)},
             "cores": cores, "full_brats": full_meta}
     return SectionResult(rows_out, pd.DataFrame(table), meta)
 
