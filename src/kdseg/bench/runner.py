@@ -138,6 +138,10 @@ def run_bench(opts: BenchOptions, sections: tuple[str, ...] = SECTIONS) -> list[
                 kept[name] = SectionResult([Row(name, "section failed", math.nan, "",
                                                 note=f"{type(err).__name__}: {err}")])
             seconds[name] = round(time.perf_counter() - t0, 1)
+            # which code measured it, and when (kept sections keep their own)
+            kept[name].meta["measured"] = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                           "git_sha": machine["git_sha"],
+                                           "seconds": seconds[name]}
             print(f"[kdseg bench] {name} done in {seconds[name]:.0f} s", file=sys.stderr,
                   flush=True)
             ordered = {k: kept[k] for k in SECTIONS if k in kept}
