@@ -95,15 +95,10 @@ def test_unpaired_stream_needs_two_cases(tiny_data: dict) -> None:
 def _monai_stream(ds: PatchDataset) -> Iterator[tuple[torch.Tensor, ...]]:
     """The stream as kdseg first wrote it: ``sample`` + MONAI's transforms on MetaTensors."""
     from monai.data import MetaTensor
-    from monai.transforms import Compose, RandFlipd, RandScaleIntensityd, RandShiftIntensityd
 
-    augment = Compose([
-        RandFlipd(keys=("image", "label"), prob=0.5, spatial_axis=0),
-        RandFlipd(keys=("image", "label"), prob=0.5, spatial_axis=1),
-        RandFlipd(keys=("image", "label"), prob=0.5, spatial_axis=2),
-        RandScaleIntensityd(keys="image", factors=0.1, prob=0.5, channel_wise=True),
-        RandShiftIntensityd(keys="image", offsets=0.1, prob=0.5, channel_wise=True),
-    ])
+    from kdseg.data.dataset import monai_augmentation
+
+    augment = monai_augmentation()
 
     def plain(x) -> torch.Tensor:
         return torch.as_tensor(x.as_tensor() if isinstance(x, MetaTensor) else x).contiguous()

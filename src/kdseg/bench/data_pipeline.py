@@ -259,15 +259,10 @@ def _monai_stream(dataset: Any, seed: int) -> Iterator[tuple[Any, Any]]:
     its own :class:`~kdseg.data.dataset.Augmentation` (same draws, same seeding)."""
     import torch
     from monai.data import MetaTensor
-    from monai.transforms import Compose, RandFlipd, RandScaleIntensityd, RandShiftIntensityd
 
-    augment = Compose([
-        RandFlipd(keys=("image", "label"), prob=0.5, spatial_axis=0),
-        RandFlipd(keys=("image", "label"), prob=0.5, spatial_axis=1),
-        RandFlipd(keys=("image", "label"), prob=0.5, spatial_axis=2),
-        RandScaleIntensityd(keys="image", factors=0.1, prob=0.5, channel_wise=True),
-        RandShiftIntensityd(keys="image", offsets=0.1, prob=0.5, channel_wise=True),
-    ])
+    from kdseg.data.dataset import monai_augmentation
+
+    augment = monai_augmentation()
     rng = np.random.default_rng([seed, 0, 0])
     augment.set_random_state(seed=int(rng.integers(2**31)))
 

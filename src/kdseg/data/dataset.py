@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -166,6 +167,20 @@ class PatchDataset(IterableDataset):
         image = torch.from_numpy(patch["image"])
         self.augment.intensity_(image)
         return image, torch.from_numpy(patch["label"])
+
+
+def monai_augmentation() -> Any:
+    """MONAI's ``Compose`` that :class:`Augmentation` replays: the reference the tests and
+    ``kdseg bench data_pipeline`` compare kdseg's stream with (keys ``image``, ``label``)."""
+    from monai.transforms import Compose, RandFlipd, RandScaleIntensityd, RandShiftIntensityd
+
+    return Compose([
+        RandFlipd(keys=("image", "label"), prob=0.5, spatial_axis=0),
+        RandFlipd(keys=("image", "label"), prob=0.5, spatial_axis=1),
+        RandFlipd(keys=("image", "label"), prob=0.5, spatial_axis=2),
+        RandScaleIntensityd(keys="image", factors=0.1, prob=0.5, channel_wise=True),
+        RandShiftIntensityd(keys="image", offsets=0.1, prob=0.5, channel_wise=True),
+    ])
 
 
 class Augmentation:
