@@ -350,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        if args.threads is not None:
+        # `train` splits its threads between torch and the loader workers (train_run).
+        if args.threads is not None and args.command != "train":
             from kdseg.runtime import limit_threads
 
             limit_threads(args.threads)

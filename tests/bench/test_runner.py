@@ -61,7 +61,13 @@ def test_rerunning_one_section_keeps_the_others(tmp_path: Path,
     assert list(doc["sections"]) == ["train_step", "evaluation", "scaling"]
     assert pd.read_csv(tmp_path / "bench.csv")["section"].tolist() == [
         "train_step", "evaluation", "scaling"]
+    # results measured with other options are not mixed in
+    calls.clear()
+    runner.run_bench(BenchOptions(out=tmp_path, quick=True), ("scaling",))
+    assert calls == [("scaling", [])]
+    runner.run_bench(BenchOptions(out=tmp_path), ("train_step", "scaling"))
     # another machine's results are not mixed in
+    doc = json.loads((tmp_path / "bench.json").read_text())
     doc["machine"]["cpu"] = "another CPU"
     (tmp_path / "bench.json").write_text(json.dumps(doc))
     calls.clear()

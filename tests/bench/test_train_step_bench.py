@@ -66,8 +66,30 @@ def test_gpu_rows_run_on_the_cpu(tmp_path: Path) -> None:
     opts = BenchOptions(out=tmp_path, config=REPO / "config/config.yaml", quick=True,
                         gpu_patch=16, workdir=tmp_path)
     rows, details, meta = gpu_rows(opts, tmp_path)
-    assert len(details) == 6 and set(details["memory_format"]) == {"channels_last",
+    assert len(details) == 8 and set(details["memory_format"]) == {"channels_last",
                                                                    "contiguous"}
+    assert set(details["network"]) == {"teacher", "baseline", "kdnet", "monai_plain"}
     assert meta["best_memory_format"] in {"channels_last", "contiguous"}
     assert meta["gpu_step_s"] > 0 and meta["gpu_kd_ratio"] > 0
-    assert any(r.item.startswith("KD overhead") and r.goal == "≤ 1.15×" for r in rows)
+    goals = {r.item: (r.reference, r.goal) for r in rows}
+    assert goals["kdnet step at 16^3"] == ("plain MONAI step", "≤ 1.15×")
+    assert goals["KD overhead at 16^3 (kdnet)"] == ("kdseg baseline step", "")
+
+
+def test_compile_option_adds_compiled_variants(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """``kdseg bench --compile`` times train.compile students next to the eager ones (the
+    ``aot_eager`` backend here: the inductor's C++ compilation takes minutes on this CPU)."""
+    import torch
+
+    from kdseg.bench.train_step import run
+
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile",
+                        lambda model, **kw: real(model, backend="aot_eager", **kw))
+    torch._dynamo.reset()
+    res = run(BenchOptions(out=tmp_path, config=REPO / "config/config.yaml", quick=True,
+                           compile=True, workdir=tmp_path / "w"), {})
+    assert {"baseline+compile", "kdnet+compile"} <= set(res.meta["step_s"])
+    goals = {r.item: r.goal for r in res.rows}
+    assert goals["kdnet+compile step"] == "≤ 1.25×" and goals["baseline+compile step"] == ""

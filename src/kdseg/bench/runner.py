@@ -84,14 +84,21 @@ def _same_setup(a: dict[str, Any], b: dict[str, Any]) -> bool:
                                               "gpu"))
 
 
-def earlier_results(out: Path, machine: dict[str, Any]) -> dict[str, SectionResult]:
-    """The sections recorded in ``out/bench.json`` by a run on the same setup (else none)."""
+_SAME_OPTIONS = ("config", "quick", "full_shape", "gpu_patch", "repeats", "compile")
+
+
+def earlier_results(out: Path, machine: dict[str, Any],
+                    opts: BenchOptions) -> dict[str, SectionResult]:
+    """The sections recorded in ``out/bench.json`` by a run on the same setup and with the
+    same measuring options (else none)."""
     path = out / "bench.json"
     try:
         doc = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-    if not _same_setup(doc.get("machine", {}), machine):
+    options = _jsonable(asdict(opts))
+    if not _same_setup(doc.get("machine", {}), machine) or any(
+            doc.get("options", {}).get(k) != options[k] for k in _SAME_OPTIONS):
         return {}
     rows: dict[str, list[Row]] = {}
     for r in doc.get("rows", []):
@@ -115,7 +122,7 @@ def run_bench(opts: BenchOptions, sections: tuple[str, ...] = SECTIONS) -> list[
         raise ValueError(f"unknown benchmark section(s) {unknown}; choose from {list(SECTIONS)}")
     limit_threads(opts.threads)
     machine = machine_description(opts.device)
-    kept = {k: v for k, v in earlier_results(Path(opts.out), machine).items()
+    kept = {k: v for k, v in earlier_results(Path(opts.out), machine, opts).items()
             if k not in sections}
     if kept:
         print(f"[kdseg bench] keeping earlier results of {sorted(kept)} from "

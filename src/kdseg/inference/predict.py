@@ -44,7 +44,8 @@ def _host_case(image: np.ndarray, channels: Sequence[int], pin: bool) -> torch.T
         return torch.from_numpy(np.ascontiguousarray(image[index]))
     dtype = torch.from_numpy(np.empty(0, dtype=image.dtype)).dtype
     out = torch.empty((len(index), *image.shape[1:]), dtype=dtype, pin_memory=True)
-    np.take(image, index, axis=0, out=out.numpy())
+    # mode="clip": the indices are valid, and the default "raise" buffers the result first.
+    np.take(image, index, axis=0, out=out.numpy(), mode="clip")
     return out
 
 
@@ -57,28 +58,30 @@ def _to_device(image: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 @contextmanager
-def _cudnn_autotune(device: torch.device) -> Iterator[None]:
-    """On CUDA, let cuDNN benchmark its kernels for the (fixed) window shape, then restore the
-    global flag. Not measured here (no GPU); the usual gain for fixed-shape 3D convolutions."""
+def _cudnn_autotune(device: torch.device, enabled: bool = True) -> Iterator[None]:
+    """On CUDA, let cuDNN benchmark its kernels for the (fixed) window shape (``enabled``), or
+    use deterministic kernels without autotuning (``train.cudnn_benchmark: false``), then
+    restore both global flags. Not measured here (no GPU)."""
     if device.type != "cuda":
         yield
         return
-    before = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = True
+    before = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = enabled, not enabled
     try:
         yield
     finally:
-        torch.backends.cudnn.benchmark = before
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = before
 
 
 def predict_logits(net: torch.nn.Module, image: torch.Tensor, roi_size: Sequence[int],
                    inference: InferenceConfig, device: torch.device,
-                   amp: bool = False) -> torch.Tensor:
+                   amp: bool = False, cudnn_benchmark: bool = True) -> torch.Tensor:
     """Sliding-window logits ``(K, X, Y, Z)`` for one case ``image`` of shape ``(C, X, Y, Z)``.
 
     MONAI's ``sliding_window_inference``: windows of ``roi_size`` (the training patch) overlap
     by ``inference.overlap`` and are blended with ``inference.mode`` weights; cases smaller
-    than the window are padded by MONAI. ``amp``: bf16 autocast, on CUDA only. The result is
+    than the window are padded by MONAI. ``amp``: bf16 autocast, on CUDA only;
+    ``cudnn_benchmark``: cuDNN autotuning on CUDA (else deterministic kernels). The result is
     float32 on ``device``.
 
     Kept as MONAI's call on purpose: a leaner kdseg loop (one reused channels-last window
@@ -92,7 +95,7 @@ def predict_logits(net: torch.nn.Module, image: torch.Tensor, roi_size: Sequence
     was_training = net.training
     net.eval()
     try:
-        with torch.no_grad(), _cudnn_autotune(device), torch.autocast(
+        with torch.no_grad(), _cudnn_autotune(device, cudnn_benchmark), torch.autocast(
                 device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
             logits = sliding_window_inference(
                 _to_device(image, device)[None], roi_size=tuple(roi_size),
@@ -108,9 +111,9 @@ def predict_logits(net: torch.nn.Module, image: torch.Tensor, roi_size: Sequence
 
 def predict_classes(net: torch.nn.Module, image: torch.Tensor, roi_size: Sequence[int],
                     inference: InferenceConfig, device: torch.device,
-                    amp: bool = False) -> np.ndarray:
+                    amp: bool = False, cudnn_benchmark: bool = True) -> np.ndarray:
     """Class ids ``(X, Y, Z)`` (uint8) by argmax over the sliding-window logits."""
-    logits = predict_logits(net, image, roi_size, inference, device, amp)
+    logits = predict_logits(net, image, roi_size, inference, device, amp, cudnn_benchmark)
     # max(dim).indices == argmax(dim) (first maximum on ties) but much faster on the CPU:
     # 0.15-0.19 s vs 0.84 s for argmax at 240x240x155 with 4 classes.
     return logits.max(dim=0).indices.to(torch.uint8).cpu().numpy()
@@ -131,7 +134,7 @@ def load_model(run_dir: Path, device: torch.device) -> tuple[torch.nn.Module, Ru
                          f"run config ({detail}); it was probably trained by an older kdseg "
                          f"version: retrain it (delete the run folder, or snakemake "
                          f"--forcerun on its train rule)") from None
-    return to_device(net, device).eval(), cfg
+    return to_device(net, device, cfg.train.memory_format).eval(), cfg
 
 
 def predict_run(run_dir: Path, cases: Sequence[str], out_dir: Path,
@@ -157,7 +160,7 @@ def predict_run(run_dir: Path, cases: Sequence[str], out_dir: Path,
             image, _, meta = load_preprocessed(Path(cfg.preprocessed_dir), case)
             x = _host_case(image, cfg.input_channels, pin=device.type == "cuda")
             classes = predict_classes(net, x, cfg.train.patch_size, cfg.inference, device,
-                                      cfg.train.amp)
+                                      cfg.train.amp, cfg.train.cudnn_benchmark)
             # A resampled case goes back with the interpolation its labels came with.
             back = (meta.get("resampling") or {}).get("label_interpolation", "nearest")
             img = restore_prediction(classes, CaseGeometry.from_dict(meta), convention, back)

@@ -114,7 +114,8 @@ def validate(net: torch.nn.Module, cfg: RunConfig, cases: list[str],
     for case in cases[: cfg.train.max_val_cases]:
         image, classes, _ = load_preprocessed(Path(cfg.preprocessed_dir), case)
         x = torch.from_numpy(np.ascontiguousarray(image[cfg.input_channels]))
-        pred = predict_classes(net, x, cfg.train.patch_size, cfg.inference, device, cfg.train.amp)
+        pred = predict_classes(net, x, cfg.train.patch_size, cfg.inference, device, cfg.train.amp,
+                               cfg.train.cudnn_benchmark)
         pred_regions = convention.region_masks(convention.to_labels(pred))
         ref_regions = convention.region_masks(convention.to_labels(np.asarray(classes)))
         for region, ref in ref_regions.items():
@@ -164,8 +165,10 @@ class Trainer:
         self.inputs = input_fingerprint(cfg)
         self.device = select_device(cfg.train.device)
         self.amp = cfg.train.amp and self.device.type == "cuda"  # bf16 autocast on GPU only
-        if self.device.type == "cuda":  # fixed patch size: let cuDNN pick its fastest kernels
+        if self.device.type == "cuda":  # fixed patch size: let cuDNN pick its fastest kernels,
+            # or (cudnn_benchmark: false) use deterministic ones
             torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark
+            torch.backends.cudnn.deterministic = not cfg.train.cudnn_benchmark
         fmt = cfg.train.memory_format
         split = load_fold(Path(cfg.splits_file), cfg.fold)
         data_dir = Path(cfg.preprocessed_dir)
@@ -272,7 +275,7 @@ class Trainer:
         """The trained student as the plain network inference builds (eval mode)."""
         net = build_network(self.cfg.model, len(self.cfg.input_modalities), self.num_classes)
         net.load_state_dict(self.student_state())
-        return to_device(net, self.device).eval()
+        return to_device(net, self.device, self.cfg.train.memory_format).eval()
 
     def try_resume(self) -> None:
         """Continue from ``checkpoint_last.pt`` if it belongs to this exact run config and
@@ -357,9 +360,13 @@ class Trainer:
         # Persistent workers: forked once per run, not once per epoch (each fork re-imports
         # nothing but re-opens every case's memory map); they read the epoch from shared
         # memory (PatchDataset.set_epoch), so the stream stays a function of (seed, epoch).
+        # The loader has its own generator: a DataLoader iterator draws a base seed when it is
+        # created, which persistent workers do once per process, not once per epoch; from the
+        # global RNG that would make a resumed run's later epochs draw differently.
         loader = DataLoader(self.data, batch_size=train.batch_size, num_workers=train.num_workers,
                             pin_memory=self.device.type == "cuda",
-                            persistent_workers=train.num_workers > 0)
+                            persistent_workers=train.num_workers > 0,
+                            generator=torch.Generator().manual_seed(cfg.seed))
         for epoch in range(self.start_epoch, stop):
             t0 = time.perf_counter()
             seed_everything(cfg.seed, epoch)
