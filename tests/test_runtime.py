@@ -48,3 +48,20 @@ def test_train_job_threads_adds_one_core_per_loader_worker() -> None:
     assert train_job_threads(config, "student") == 5
     assert train_job_threads(config, "teacher") == 3
     assert train_job_threads({"train": {}, "resources": {"train_threads": 1}}, "student") == 1
+
+
+def test_train_job_gives_torch_the_cores_its_loader_workers_leave(
+        tmp_path, tiny_data: dict, make_run_config) -> None:
+    """`kdseg train --threads 3` with 2 DataLoader workers: one torch thread (intra- and
+    inter-op), recorded in run.json; a fresh process, as a workflow job is."""
+    from kdseg.config import write_run_config
+
+    cfg = make_run_config(tiny_data, epochs=1, iterations=2)
+    cfg["train"]["num_workers"] = 2
+    write_run_config(cfg, tmp_path / "run_config.yaml")
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    subprocess.run([sys.executable, "-m", "kdseg", "train", "--run-dir", str(tmp_path),
+                    "--threads", "3"], check=True, capture_output=True, env=env)
+    info = json.loads((tmp_path / "run.json").read_text())
+    assert info["threads"] == 1 and info["num_workers"] == 2
+    assert info["thread_pools"]["torch_inter_op"] == 1

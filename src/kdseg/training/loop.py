@@ -426,7 +426,7 @@ def train_run(run_dir: Path, tracking: dict[str, str] | None = None,
     ``threads``: the cores the job may use. ``train.num_workers`` DataLoader workers (one
     thread each) take one core each; torch computes on the rest (at least one thread).
     """
-    from kdseg.runtime import limit_threads
+    from kdseg.runtime import limit_threads, thread_report
     from kdseg.tracking import RunTracker, flatten_params
 
     started = time.time()
@@ -456,7 +456,8 @@ def train_run(run_dir: Path, tracking: dict[str, str] | None = None,
         "run_key": key, "run_name": run_name(cfg), "tags": tags, "params": params,
         "git_sha": tags["kdseg.git_sha"], "versions": runinfo.versions(),
         "seed": cfg.seed, "device": runinfo.device_description(trainer.device),
-        "threads": torch.get_num_threads(), "resumed_from_epoch": trainer.start_epoch,
+        "threads": torch.get_num_threads(), "thread_pools": thread_report(),
+        "num_workers": cfg.train.num_workers, "resumed_from_epoch": trainer.start_epoch,
         "wall_time_s": time.time() - started,
         "train_time_s": float(sum(r.get("time/epoch_s", 0.0) for r in trainer.history)),
         "steps_time_s": float(sum(r.get("time/steps_s", 0.0) for r in trainer.history)),
