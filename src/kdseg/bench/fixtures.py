@@ -27,7 +27,7 @@ def bench_config(opts: BenchOptions, results_dir: Path,
     from snakemake.utils import validate
 
     config = yaml.safe_load(Path(opts.config).read_text())
-    validate(config, str(_schema(Path(opts.config))))
+    validate(config, str(schema_path(Path(opts.config))))
     config = copy.deepcopy(config)
     config["results_dir"] = str(results_dir)
     config["dataset"].update(name="bench", source="synthetic", root=None)
@@ -46,7 +46,7 @@ def bench_config(opts: BenchOptions, results_dir: Path,
     return config
 
 
-def _schema(config_path: Path) -> Path:
+def schema_path(config_path: Path) -> Path:
     """The workflow's config schema: next to the config (``<repo>/config/x.yaml``) or next to
     this source tree (an editable install)."""
     rel = Path("workflow/schemas/config.schema.yaml")

@@ -215,30 +215,17 @@ def unit_costs(previous: Mapping[str, SectionResult],
                      job_start_s=job_start_s)
 
 
-def _load_config(path: Path) -> dict[str, Any]:
-    from snakemake.utils import validate
+def _load_config(path: Path, preset: Path | None = None) -> dict[str, Any]:
+    """The config at ``path``, with ``preset`` layered over it the way Snakemake layers
+    ``--configfile`` files (``update_config``), validated (schema defaults filled)."""
+    from snakemake.utils import update_config, validate
 
-    from kdseg.bench.fixtures import _schema
+    from kdseg.bench.fixtures import schema_path
 
     config = yaml.safe_load(path.read_text())
-    validate(config, str(_schema(path)))
-    return config
-
-
-def _layered(base: Path, preset: Path) -> dict[str, Any]:
-    """``preset`` over ``base`` (deep merge, as Snakemake layers ``--configfile`` files)."""
-    def merge(a: dict, b: dict) -> dict:
-        out = dict(a)
-        for k, v in b.items():
-            out[k] = merge(a[k], v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
-        return out
-
-    from snakemake.utils import validate
-
-    from kdseg.bench.fixtures import _schema
-
-    config = merge(yaml.safe_load(base.read_text()), yaml.safe_load(preset.read_text()))
-    validate(config, str(_schema(base)))
+    if preset is not None:
+        update_config(config, yaml.safe_load(preset.read_text()))
+    validate(config, str(schema_path(path)))
     return config
 
 
@@ -293,7 +280,7 @@ def _full_brats(config_path: Path, costs: UnitCosts,
                 previous: Mapping[str, SectionResult]) -> tuple[list[Row], dict[str, Any]]:
     """285 cases x 15 subsets x 6 methods x 5 folds with the brats2021 preset's protocol."""
     preset = config_path.parent / "brats2021.yaml"
-    config = _layered(config_path, preset)
+    config = _load_config(config_path, preset)
     methods = ("baseline", "logit_kd", "kdnet", "pmkl", "ummkd", "barlow_kd")
     config["splits"] = {**config["splits"], "folds": FULL_BRATS["folds"]}
     config["seeds"] = [0]
