@@ -13,8 +13,10 @@ import math
 import os
 import platform
 import statistics
+import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,6 +82,17 @@ class SectionResult:
     rows: list[Row]
     details: pd.DataFrame | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+
+
+@contextmanager
+def scratch_dir(opts: BenchOptions, name: str) -> Iterator[Path]:
+    """Where a section generates its data: ``opts.workdir`` (the runner gives each section
+    its own), or a temporary folder, removed afterwards, when a section is called directly."""
+    if opts.workdir is not None:
+        yield Path(opts.workdir)
+        return
+    with tempfile.TemporaryDirectory(prefix=f"kdseg-bench-{name}-") as tmp:
+        yield Path(tmp)
 
 
 def time_ratio_row(section: str, item: str, ours: float, unit: str, reference: str,

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -51,6 +50,7 @@ from kdseg.bench.common import (
     SectionResult,
     interleaved_times,
     median,
+    scratch_dir,
     speedup_row,
 )
 
@@ -63,10 +63,8 @@ QUICK_GRID = (28, 28, 28)  # holds QUICK_GPU_PATCH^3 after the brain crop
 
 def run(opts: BenchOptions, previous: dict[str, SectionResult]) -> SectionResult:
     """Measure both patch sizes; rows, one details line per measurement, meta for ``scaling``."""
-    if opts.workdir is None:
-        with tempfile.TemporaryDirectory(prefix="kdseg-bench-data-") as tmp:
-            return _run(opts, previous, Path(tmp))
-    return _run(opts, previous, Path(opts.workdir))
+    with scratch_dir(opts, SECTION) as workdir:
+        return _run(opts, previous, workdir)
 
 
 def _run(opts: BenchOptions, previous: dict[str, SectionResult], workdir: Path) -> SectionResult:

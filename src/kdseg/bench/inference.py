@@ -29,7 +29,6 @@ those cases have the config's synthetic shape, not the full size.
 from __future__ import annotations
 
 import copy
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -45,6 +44,7 @@ from kdseg.bench.common import (
     SectionResult,
     interleaved_times,
     median,
+    scratch_dir,
     speedup_row,
 )
 
@@ -188,10 +188,8 @@ def predict_run_per_case(opts: BenchOptions, config: dict[str, Any],
 def run(opts: BenchOptions, previous: dict[str, SectionResult]) -> SectionResult:
     """Teacher and one-modality student: kdseg vs MONAI s/case; then ``predict_run`` e2e."""
     del previous  # no other section's numbers are needed
-    if opts.workdir is not None:
-        return _run(opts)
-    with tempfile.TemporaryDirectory(prefix="kdseg-bench-inference-") as tmp:
-        return _run(replace(opts, workdir=Path(tmp)))
+    with scratch_dir(opts, SECTION) as workdir:
+        return _run(replace(opts, workdir=workdir))
 
 
 def _run(opts: BenchOptions) -> SectionResult:

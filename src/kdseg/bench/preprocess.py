@@ -49,7 +49,7 @@ from typing import Any
 
 import pandas as pd
 
-from kdseg.bench.common import BenchOptions, Row, SectionResult, median
+from kdseg.bench.common import BenchOptions, Row, SectionResult, median, scratch_dir
 from kdseg.runtime import THREAD_ENV_VARS
 
 SECTION = "preprocess"
@@ -98,10 +98,8 @@ def default_cpu() -> int:
 
 def run(opts: BenchOptions, previous: dict[str, SectionResult]) -> SectionResult:
     """Measure :data:`FULL_CASES` full-size cases (quick: 2 tiny ones); see the module doc."""
-    if opts.workdir is None:
-        with tempfile.TemporaryDirectory(prefix="kdseg-bench-preprocess-") as tmp:
-            return _run(opts, Path(tmp))
-    return _run(opts, Path(opts.workdir))
+    with scratch_dir(opts, SECTION) as workdir:
+        return _run(opts, workdir)
 
 
 def _run(opts: BenchOptions, workdir: Path) -> SectionResult:

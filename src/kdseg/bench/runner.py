@@ -30,14 +30,20 @@ import importlib
 import json
 import math
 import sys
-import tempfile
 import time
 import traceback
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from kdseg.bench.common import BenchOptions, Row, SectionResult, format_table, rows_frame
+from kdseg.bench.common import (
+    BenchOptions,
+    Row,
+    SectionResult,
+    format_table,
+    rows_frame,
+    scratch_dir,
+)
 
 SECTIONS: tuple[str, ...] = ("train_step", "data_pipeline", "inference", "evaluation",
                              "preprocess", "scaling")
@@ -129,8 +135,7 @@ def run_bench(opts: BenchOptions, sections: tuple[str, ...] = SECTIONS) -> list[
               f"{opts.out}/bench.json (same machine)", file=sys.stderr)
     seconds: dict[str, float] = {}
     failed: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="kdseg-bench-") as tmp:
-        base = Path(opts.workdir) if opts.workdir else Path(tmp)
+    with scratch_dir(opts, "run") as base:
         for name in (s for s in SECTIONS if s in sections):
             print(f"[kdseg bench] {name} ...", file=sys.stderr, flush=True)
             module = importlib.import_module(f"kdseg.bench.{name}")

@@ -23,7 +23,6 @@ from __future__ import annotations
 import copy
 import math
 import subprocess
-import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +37,7 @@ from kdseg.bench.common import (
     SectionResult,
     interleaved_times,
     median,
+    scratch_dir,
     time_ratio_row,
 )
 from kdseg.bench.fixtures import (
@@ -273,10 +273,8 @@ def gpu_rows(opts: BenchOptions, workdir: Path) -> tuple[list[Row], pd.DataFrame
 
 def run(opts: BenchOptions, previous: dict[str, SectionResult]) -> SectionResult:
     del previous
-    if opts.workdir is None:  # called directly: generate the data in a temporary folder
-        with tempfile.TemporaryDirectory(prefix="kdseg-bench-train-step-") as tmp:
-            return _run(opts, Path(tmp))
-    return _run(opts, Path(opts.workdir))
+    with scratch_dir(opts, SECTION) as workdir:
+        return _run(opts, workdir)
 
 
 def _run(opts: BenchOptions, workdir: Path) -> SectionResult:
